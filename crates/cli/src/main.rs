@@ -1,0 +1,2 @@
+//! The `vmprim` command.
+fn main() {}

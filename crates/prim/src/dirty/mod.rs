@@ -1,0 +1,210 @@
+//! DIRTY: which pages were written since the last look, with get-and-clear
+//! semantics, through every mechanism Linux offers.
+//!
+//! | [`Backend`] | how a write is noticed | cost of a write | kernel writes (`read(2)` into a tracked page) |
+//! |---|---|---|---|
+//! | [`Trap`](Backend::Trap) | page read-only; `SIGSEGV` handler records it and unprotects | a trap and an `mprotect` | the first to a clean page fails with `EFAULT` (the kernel raises no signal for its own access); to a page already dirty it succeeds |
+//! | [`UffdWp`](Backend::UffdWp) | userfaultfd write-protect; `SIGBUS` handler records and un-protects | a trap and an ioctl, no VMA split | as for `Trap`: `EFAULT` on a clean page |
+//! | [`WpAsync`](Backend::WpAsync) | `UFFD_FEATURE_WP_ASYNC`: the kernel resolves the fault itself and marks the page written; `PAGEMAP_SCAN` reads and re-protects | a minor fault in the kernel, no signal | recorded like any other write |
+//! | [`SoftDirty`](Backend::SoftDirty) | `/proc/self/clear_refs` + pagemap bit 55 | a minor fault in the kernel | recorded like any other write |
+//!
+//! [`track`] with [`Choice::Best`] takes the first of `WpAsync`, `UffdWp`,
+//! `Trap` that this kernel and process allow; any backend can be forced.
+//! [`DirtyTracker::backend`] says which one is in use.
+//!
+//! # No write is missed
+//! A write that races a collection is reported by that collection or by the
+//! next. For `WpAsync` the kernel guarantees it: `PAGEMAP_SCAN` with
+//! `PM_SCAN_WP_MATCHING` reports and re-protects each page under its
+//! page-table lock. For the two trap backends the handler and the collector
+//! keep an order: the handler first un-protects the page and then sets its
+//! bit; the collector first clears a bit (atomic swap of a word) and then
+//! re-protects the pages it took. So a page is writable with a clear bit only
+//! while a handler is between its two steps (its bit is about to be set) or a
+//! collector is between its two steps (the page is in the set that collector
+//! is about to report). `SoftDirty` cannot promise this: the kernel has no
+//! atomic read-and-clear for soft-dirty bits, so writes made while
+//! [`collect`](DirtyTracker::collect) runs may be missed; use it only with
+//! writers paused, and it is never chosen by [`Choice::Best`].
+
+mod bitmap;
+mod soft_dirty;
+mod trap_backend;
+mod uffd_wp;
+mod wp_async;
+
+use crate::range::{check_within, page_size, RangeError};
+use crate::trap::TrapError;
+use crate::uffd::UffdError;
+use crate::Region;
+use core::fmt;
+use std::sync::Arc;
+use thiserror::Error;
+use vmprim_sys::Errno;
+
+pub use soft_dirty::soft_dirty_available;
+
+/// A run of dirty pages: `count` pages starting at page `first` of the
+/// tracked range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageRun {
+    /// Index of the first page, counted from the start of the tracked range.
+    pub first: usize,
+    /// Number of pages (at least one).
+    pub count: usize,
+}
+
+impl PageRun {
+    /// The page indices of the run.
+    pub fn pages(&self) -> core::ops::Range<usize> {
+        self.first..self.first + self.count
+    }
+}
+
+/// A DIRTY mechanism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Read-only pages and a `SIGSEGV` handler (works everywhere).
+    Trap,
+    /// userfaultfd write-protect with `SIGBUS` delivery (Linux 5.7).
+    UffdWp,
+    /// `UFFD_FEATURE_WP_ASYNC` with `PAGEMAP_SCAN` (Linux 6.7): no trap at all.
+    WpAsync,
+    /// Soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`); writers must be paused
+    /// during a collection.
+    SoftDirty,
+}
+
+impl Backend {
+    /// Every backend, best first.
+    pub const ALL: [Backend; 4] = [Backend::WpAsync, Backend::UffdWp, Backend::Trap, Backend::SoftDirty];
+
+    /// The backend's name, as the benchmark prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Trap => "trap",
+            Backend::UffdWp => "uffd-wp",
+            Backend::WpAsync => "wp-async",
+            Backend::SoftDirty => "soft-dirty",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which backend [`track`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// The best this kernel and process allow: `WpAsync`, else `UffdWp`,
+    /// else `Trap`.
+    Best,
+    /// Exactly this one, or an error saying why not.
+    Force(Backend),
+}
+
+/// What went wrong tracking dirty pages.
+#[derive(Debug, Error)]
+pub enum DirtyError {
+    /// The range is unusable.
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    /// The trap registration failed (for instance, the range overlaps one
+    /// already tracked).
+    #[error(transparent)]
+    Trap(#[from] TrapError),
+    /// userfaultfd failed or is unavailable.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    /// The kernel lacks what the backend needs.
+    #[error("this kernel lacks {feature} (needs {needs})")]
+    KernelLacks {
+        /// The feature.
+        feature: &'static str,
+        /// What provides it.
+        needs: &'static str,
+    },
+    /// Only one soft-dirty tracker may exist: clearing soft-dirty bits is
+    /// process-wide.
+    #[error("a soft-dirty tracker already exists in this process")]
+    SoftDirtyBusy,
+    /// A system call failed.
+    #[error("{op} failed")]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: Errno,
+    },
+}
+
+/// Tracks the pages written in a range: DIRTY.
+///
+/// The pages must be committed read-write when tracking starts; trackers
+/// over overlapping ranges are refused.
+pub trait DirtyTracker: Send + fmt::Debug {
+    /// The mechanism in use.
+    fn backend(&self) -> Backend;
+
+    /// The tracked range: its first address and length in bytes.
+    fn range(&self) -> (usize, usize);
+
+    /// Get-and-clear: replaces `out`'s contents with the runs of pages written
+    /// since the previous collection (or since tracking began), in address
+    /// order, and starts a new interval.
+    fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError>;
+
+    /// [`collect_into`](Self::collect_into) a new vector.
+    fn collect(&mut self) -> Result<Vec<PageRun>, DirtyError> {
+        let mut out = Vec::new();
+        self.collect_into(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// Starts tracking writes to `offset..offset + len` of `region`.
+pub fn track(region: &Arc<Region>, offset: usize, len: usize, choice: Choice) -> Result<Box<dyn DirtyTracker>, DirtyError> {
+    check_within(offset, len, region.len())?;
+    match choice {
+        Choice::Force(b) => start(b, region, offset, len),
+        Choice::Best => {
+            let mut last = None;
+            for b in [Backend::WpAsync, Backend::UffdWp, Backend::Trap] {
+                match start(b, region, offset, len) {
+                    Ok(t) => return Ok(t),
+                    Err(e @ (DirtyError::Uffd(_) | DirtyError::KernelLacks { .. })) => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.expect("the trap backend returned"))
+        }
+    }
+}
+
+fn start(b: Backend, region: &Arc<Region>, offset: usize, len: usize) -> Result<Box<dyn DirtyTracker>, DirtyError> {
+    Ok(match b {
+        Backend::Trap => Box::new(trap_backend::TrapTracker::new(region, offset, len)?),
+        Backend::UffdWp => Box::new(uffd_wp::UffdWpTracker::new(region, offset, len)?),
+        Backend::WpAsync => Box::new(wp_async::WpAsyncTracker::new(region, offset, len)?),
+        Backend::SoftDirty => Box::new(soft_dirty::SoftDirtyTracker::new(region, offset, len)?),
+    })
+}
+
+/// Appends page `i` to `out`, extending the last run when adjacent.
+fn push_page(out: &mut Vec<PageRun>, first: usize, count: usize) {
+    match out.last_mut() {
+        Some(last) if last.first + last.count == first => last.count += count,
+        _ => out.push(PageRun { first, count }),
+    }
+}
+
+fn pages_of(len: usize) -> usize {
+    len / page_size()
+}
+
+#[cfg(test)]
+mod tests;

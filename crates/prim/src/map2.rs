@@ -1,0 +1,223 @@
+//! MAP2: the same physical pages at several virtual addresses, each view
+//! with its own protection.
+//!
+//! The seed's use: one thread works on memory through an unprotected view
+//! while other threads trap on a protected view of the same pages (a
+//! concurrent collector scanning to-space, a checkpointer copying pages the
+//! program may not yet write). Pages are those of a `memfd_create(2)` file:
+//! shared memory that lives as long as a view or the [`SharedMemory`] does.
+
+use crate::range::{check_within, PageLen, RangeError};
+use crate::{Prot, Region};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use thiserror::Error;
+use vmprim_sys::{mem, Errno};
+
+/// What went wrong with shared memory or a view of it.
+#[derive(Debug, Error)]
+pub enum Map2Error {
+    /// A range is unusable.
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    /// A system call failed.
+    #[error("{op} failed")]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: Errno,
+    },
+}
+
+/// Memory that can be mapped at several addresses: a memfd of fixed length.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: OwnedFd,
+    len: PageLen,
+}
+
+impl SharedMemory {
+    /// Creates `len` bytes (a multiple of the page size) of zero-filled
+    /// shared memory.
+    pub fn new(len: usize) -> Result<Arc<Self>, Map2Error> {
+        let len = PageLen::new(len)?;
+        let fd = mem::memfd_create(c"vmprim-map2").map_err(|source| Map2Error::Os { op: "memfd_create", source })?;
+        mem::ftruncate(fd.as_fd(), len.bytes() as u64).map_err(|source| Map2Error::Os { op: "ftruncate", source })?;
+        Ok(Arc::new(Self { fd, len }))
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len.bytes()
+    }
+
+    /// Always false: shared memory has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Maps all of it at an address the kernel picks, with protection `prot`.
+    pub fn map(self: &Arc<Self>, prot: Prot) -> Result<View, Map2Error> {
+        let ptr = mem::mmap_shared(self.len(), prot.bits(), self.fd.as_fd(), 0)
+            .map_err(|source| Map2Error::Os { op: "mmap(MAP_SHARED)", source })?;
+        Ok(View { ptr, len: self.len(), _memory: self.clone() })
+    }
+
+    /// Maps `object_offset..object_offset + len` of this memory over
+    /// `region_offset..` of `region`, replacing what the region had there.
+    ///
+    /// The region keeps owning the address range (and unmaps it when
+    /// dropped); the pages it shows there are this memory's until replaced
+    /// again. Async-signal-safe: a fault handler may call it.
+    pub fn map_into(
+        &self,
+        region: &Region,
+        region_offset: usize,
+        object_offset: usize,
+        len: usize,
+        prot: Prot,
+    ) -> Result<(), Map2Error> {
+        check_within(region_offset, len, region.len())?;
+        check_within(object_offset, len, self.len())?;
+        // SAFETY: the range lies inside `region`, which owns it and hands out
+        // no references into it.
+        unsafe {
+            mem::mmap_shared_fixed(region.as_ptr().add(region_offset), len, prot.bits(), self.fd.as_fd(), object_offset as u64)
+        }
+        .map_err(|source| Map2Error::Os { op: "mmap(MAP_SHARED | MAP_FIXED)", source })
+    }
+}
+
+/// One view of a [`SharedMemory`]. Dropping it unmaps the view; the memory
+/// lives on while other views or the `SharedMemory` do.
+#[derive(Debug)]
+pub struct View {
+    ptr: *mut u8,
+    len: usize,
+    _memory: Arc<SharedMemory>,
+}
+
+// SAFETY: a View is an owned mapping accessed only through raw pointers and
+// volatile operations; it has no thread-local state.
+unsafe impl Send for View {}
+// SAFETY: `&View` methods only make system calls on the owned range or do
+// volatile accesses.
+unsafe impl Sync for View {}
+
+impl View {
+    /// The first byte of the view.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Sets the protection of `offset..offset + len` of this view only; other
+    /// views keep theirs. Async-signal-safe.
+    pub fn protect(&self, offset: usize, len: usize, prot: Prot) -> Result<(), Map2Error> {
+        check_within(offset, len, self.len)?;
+        // SAFETY: inside our mapping; no references into it exist.
+        unsafe { mem::mprotect(self.ptr.add(offset), len, prot.bits()) }
+            .map_err(|source| Map2Error::Os { op: "mprotect", source })
+    }
+
+    /// Reads the byte at `offset` (volatile).
+    pub fn read_u8(&self, offset: usize) -> Result<u8, Map2Error> {
+        check_byte(offset, self.len)?;
+        // SAFETY: in bounds; volatile because other views change it.
+        Ok(unsafe { self.ptr.add(offset).read_volatile() })
+    }
+
+    /// Writes the byte at `offset` (volatile).
+    pub fn write_u8(&self, offset: usize, value: u8) -> Result<(), Map2Error> {
+        check_byte(offset, self.len)?;
+        // SAFETY: in bounds; accessed only through raw pointers.
+        unsafe { self.ptr.add(offset).write_volatile(value) };
+        Ok(())
+    }
+}
+
+fn check_byte(offset: usize, limit: usize) -> Result<(), RangeError> {
+    if offset < limit {
+        Ok(())
+    } else {
+        Err(RangeError::OutOfRange { offset, len: 1, limit })
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: the view is ours, holds no references, and is not used after.
+        let _ = unsafe { mem::munmap(self.ptr, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page_size;
+
+    #[test]
+    fn a_write_through_one_view_is_seen_through_the_others() {
+        let p = page_size();
+        let shm = SharedMemory::new(4 * p).unwrap();
+        let a = shm.map(Prot::READ_WRITE).unwrap();
+        let b = shm.map(Prot::READ).unwrap();
+        let region = Region::reserve(8 * p).unwrap();
+        shm.map_into(&region, 2 * p, p, 2 * p, Prot::READ).unwrap();
+        a.write_u8(p + 7, 99).unwrap();
+        assert_eq!(b.read_u8(p + 7).unwrap(), 99);
+        assert_eq!(region.read_u8(2 * p + 7).unwrap(), 99);
+    }
+
+    #[test]
+    fn views_keep_independent_protections() {
+        let p = page_size();
+        let shm = SharedMemory::new(2 * p).unwrap();
+        let a = shm.map(Prot::READ_WRITE).unwrap();
+        let b = shm.map(Prot::READ_WRITE).unwrap();
+        b.protect(0, p, Prot::NONE).unwrap();
+        a.write_u8(0, 5).unwrap(); // a stays writable
+        b.protect(0, p, Prot::READ).unwrap();
+        assert_eq!(b.read_u8(0).unwrap(), 5);
+    }
+
+    #[test]
+    fn memory_outlives_the_handle_while_a_view_lives() {
+        let p = page_size();
+        let shm = SharedMemory::new(p).unwrap();
+        let a = shm.map(Prot::READ_WRITE).unwrap();
+        drop(shm);
+        a.write_u8(1, 1).unwrap();
+        assert_eq!(a.read_u8(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn bad_ranges_are_typed_errors() {
+        let p = page_size();
+        assert!(matches!(SharedMemory::new(0), Err(Map2Error::Range(RangeError::ZeroLength))));
+        let shm = SharedMemory::new(2 * p).unwrap();
+        let region = Region::reserve(2 * p).unwrap();
+        assert!(matches!(
+            shm.map_into(&region, 0, p, 2 * p, Prot::READ),
+            Err(Map2Error::Range(RangeError::OutOfRange { .. }))
+        ));
+        assert!(matches!(
+            shm.map_into(&region, p, 0, 2 * p, Prot::READ),
+            Err(Map2Error::Range(RangeError::OutOfRange { .. }))
+        ));
+        let v = shm.map(Prot::READ).unwrap();
+        assert!(matches!(v.protect(1, p, Prot::NONE), Err(Map2Error::Range(RangeError::NotPageAligned { .. }))));
+        assert!(v.read_u8(2 * p).is_err());
+    }
+}

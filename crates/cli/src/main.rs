@@ -1,2 +1,42 @@
-//! The `vmprim` command.
-fn main() {}
+//! `vmprim`: benchmarks of vmprim's primitives against the raw kernel
+//! mechanisms, measured in the same run.
+//!
+//! ```text
+//! vmprim bench prim            the VM-PUP table, vmprim beside the raw reference
+//! vmprim bench prim --json     vmprim's figures as one flat JSON object
+//! vmprim mechanisms            which mechanisms this kernel and process allow
+//! ```
+
+mod bench;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "\
+usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
+       vmprim mechanisms
+
+  bench prim     the VM-PUP benchmark (Appel & Li 1991) of every mechanism,
+                 beside the raw reference (../shared/reference/vmpup_ref.c,
+                 compiled with cc and run in the same invocation) and the ratio
+  --json         print vmprim's figures only, as one flat JSON object (ns per
+                 operation, medians), with the keys of vmpup_ref.c
+  --reference    the reference C source to compile and run
+  --no-reference skip the reference
+  mechanisms     which mechanisms this kernel and process allow, and why not";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["bench", "prim", rest @ ..] => bench::prim::run(&bench::prim::Options::parse(rest)?),
+        ["mechanisms"] => {
+            println!("{}", vmprim_prim::mechanisms());
+            Ok(())
+        }
+        ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
+    }
+}

@@ -56,18 +56,29 @@ impl AltStack {
         let size = size.max(signal_min_size()).div_ceil(p) * p;
         let mapping_len = size + p;
         let mapping = mem::mmap_anonymous(mapping_len, mem::prot::READ | mem::prot::WRITE, 0)
-            .map_err(|source| AltStackError::Os { op: "mmap(altstack)", source })?;
+            .map_err(|source| AltStackError::Os {
+                op: "mmap(altstack)",
+                source,
+            })?;
         let unmap = |source| {
             // SAFETY: the fresh mapping is ours and not yet in use.
             let _ = unsafe { mem::munmap(mapping, mapping_len) };
-            AltStackError::Os { op: "altstack setup", source }
+            AltStackError::Os {
+                op: "altstack setup",
+                source,
+            }
         };
         // SAFETY: the guard page is the first page of our fresh mapping.
         unsafe { mem::mprotect(mapping, p, mem::prot::NONE) }.map_err(unmap)?;
         // SAFETY: the stack stays mapped until Drop, which first takes it out
         // of use as the altstack.
         let previous = unsafe { signal::set_altstack(mapping.add(p), size) }.map_err(unmap)?;
-        Ok(Self { mapping, mapping_len, previous, _not_send: PhantomData })
+        Ok(Self {
+            mapping,
+            mapping_len,
+            previous,
+            _not_send: PhantomData,
+        })
     }
 
     /// The usable stack (above the guard page): base and size.
@@ -109,7 +120,10 @@ thread_local! {
 /// the rest of its life, unless it already has one at least that large.
 /// Returns the stack in use.
 pub fn ensure(size: usize) -> Result<(*mut u8, usize), AltStackError> {
-    if let Some((base, have)) = signal::altstack().map_err(|source| AltStackError::Os { op: "sigaltstack", source })? {
+    if let Some((base, have)) = signal::altstack().map_err(|source| AltStackError::Os {
+        op: "sigaltstack",
+        source,
+    })? {
         if have >= size {
             return Ok((base, have));
         }

@@ -43,8 +43,14 @@ impl SharedMemory {
     /// shared memory.
     pub fn new(len: usize) -> Result<Arc<Self>, Map2Error> {
         let len = PageLen::new(len)?;
-        let fd = mem::memfd_create(c"vmprim-map2").map_err(|source| Map2Error::Os { op: "memfd_create", source })?;
-        mem::ftruncate(fd.as_fd(), len.bytes() as u64).map_err(|source| Map2Error::Os { op: "ftruncate", source })?;
+        let fd = mem::memfd_create(c"vmprim-map2").map_err(|source| Map2Error::Os {
+            op: "memfd_create",
+            source,
+        })?;
+        mem::ftruncate(fd.as_fd(), len.bytes() as u64).map_err(|source| Map2Error::Os {
+            op: "ftruncate",
+            source,
+        })?;
         Ok(Arc::new(Self { fd, len }))
     }
 
@@ -60,9 +66,18 @@ impl SharedMemory {
 
     /// Maps all of it at an address the kernel picks, with protection `prot`.
     pub fn map(self: &Arc<Self>, prot: Prot) -> Result<View, Map2Error> {
-        let ptr = mem::mmap_shared(self.len(), prot.bits(), self.fd.as_fd(), 0)
-            .map_err(|source| Map2Error::Os { op: "mmap(MAP_SHARED)", source })?;
-        Ok(View { ptr, len: self.len(), _memory: self.clone() })
+        let ptr =
+            mem::mmap_shared(self.len(), prot.bits(), self.fd.as_fd(), 0).map_err(|source| {
+                Map2Error::Os {
+                    op: "mmap(MAP_SHARED)",
+                    source,
+                }
+            })?;
+        Ok(View {
+            ptr,
+            len: self.len(),
+            _memory: self.clone(),
+        })
     }
 
     /// Maps `object_offset..object_offset + len` of this memory over
@@ -84,9 +99,18 @@ impl SharedMemory {
         // SAFETY: the range lies inside `region`, which owns it and hands out
         // no references into it.
         unsafe {
-            mem::mmap_shared_fixed(region.as_ptr().add(region_offset), len, prot.bits(), self.fd.as_fd(), object_offset as u64)
+            mem::mmap_shared_fixed(
+                region.as_ptr().add(region_offset),
+                len,
+                prot.bits(),
+                self.fd.as_fd(),
+                object_offset as u64,
+            )
         }
-        .map_err(|source| Map2Error::Os { op: "mmap(MAP_SHARED | MAP_FIXED)", source })
+        .map_err(|source| Map2Error::Os {
+            op: "mmap(MAP_SHARED | MAP_FIXED)",
+            source,
+        })
     }
 }
 
@@ -127,8 +151,12 @@ impl View {
     pub fn protect(&self, offset: usize, len: usize, prot: Prot) -> Result<(), Map2Error> {
         check_within(offset, len, self.len)?;
         // SAFETY: inside our mapping; no references into it exist.
-        unsafe { mem::mprotect(self.ptr.add(offset), len, prot.bits()) }
-            .map_err(|source| Map2Error::Os { op: "mprotect", source })
+        unsafe { mem::mprotect(self.ptr.add(offset), len, prot.bits()) }.map_err(|source| {
+            Map2Error::Os {
+                op: "mprotect",
+                source,
+            }
+        })
     }
 
     /// Reads the byte at `offset` (volatile).
@@ -151,7 +179,11 @@ fn check_byte(offset: usize, limit: usize) -> Result<(), RangeError> {
     if offset < limit {
         Ok(())
     } else {
-        Err(RangeError::OutOfRange { offset, len: 1, limit })
+        Err(RangeError::OutOfRange {
+            offset,
+            len: 1,
+            limit,
+        })
     }
 }
 
@@ -205,7 +237,10 @@ mod tests {
     #[test]
     fn bad_ranges_are_typed_errors() {
         let p = page_size();
-        assert!(matches!(SharedMemory::new(0), Err(Map2Error::Range(RangeError::ZeroLength))));
+        assert!(matches!(
+            SharedMemory::new(0),
+            Err(Map2Error::Range(RangeError::ZeroLength))
+        ));
         let shm = SharedMemory::new(2 * p).unwrap();
         let region = Region::reserve(2 * p).unwrap();
         assert!(matches!(
@@ -217,7 +252,10 @@ mod tests {
             Err(Map2Error::Range(RangeError::OutOfRange { .. }))
         ));
         let v = shm.map(Prot::READ).unwrap();
-        assert!(matches!(v.protect(1, p, Prot::NONE), Err(Map2Error::Range(RangeError::NotPageAligned { .. }))));
+        assert!(matches!(
+            v.protect(1, p, Prot::NONE),
+            Err(Map2Error::Range(RangeError::NotPageAligned { .. }))
+        ));
         assert!(v.read_u8(2 * p).is_err());
     }
 }

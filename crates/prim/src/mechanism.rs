@@ -47,7 +47,9 @@ pub fn mechanisms() -> Mechanisms {
         Err(e) => Availability::No(e.to_string()),
         Ok(have) => match have.first_missing(f) {
             None => Availability::Yes,
-            Some((feature, needs)) => Availability::No(format!("kernel lacks {feature} (Linux {needs})")),
+            Some((feature, needs)) => {
+                Availability::No(format!("kernel lacks {feature} (Linux {needs})"))
+            }
         },
     };
     let dirty: Vec<_> = Backend::ALL
@@ -56,9 +58,13 @@ pub fn mechanisms() -> Mechanisms {
             let a = match b {
                 Backend::Trap => Availability::Yes,
                 Backend::UffdWp => need(Features::WP | Features::SIGBUS),
-                Backend::WpAsync => need(Features::WP | Features::WP_ASYNC | Features::WP_UNPOPULATED),
+                Backend::WpAsync => {
+                    need(Features::WP | Features::WP_ASYNC | Features::WP_UNPOPULATED)
+                }
                 Backend::SoftDirty if dirty::soft_dirty_available() => Availability::Yes,
-                Backend::SoftDirty => Availability::No("kernel lacks soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)".into()),
+                Backend::SoftDirty => {
+                    Availability::No("kernel lacks soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)".into())
+                }
             };
             (b, a)
         })
@@ -90,7 +96,11 @@ impl fmt::Display for Availability {
 impl fmt::Display for Mechanisms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "TRAP   signal (SIGSEGV + mprotect): {}", self.signal)?;
-        writeln!(f, "TRAP   userfaultfd in-thread (SIGBUS): {}", self.uffd_sigbus)?;
+        writeln!(
+            f,
+            "TRAP   userfaultfd in-thread (SIGBUS): {}",
+            self.uffd_sigbus
+        )?;
         writeln!(f, "TRAP   userfaultfd handler thread: {}", self.uffd_thread)?;
         writeln!(f, "PROT   userfaultfd write-protect: {}", self.uffd_wp)?;
         writeln!(f, "uffd   features: {:?}", self.uffd_features)?;

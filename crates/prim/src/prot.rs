@@ -47,7 +47,13 @@ impl BitOrAssign for Prot {
 impl fmt::Debug for Prot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let flag = |p: Self, c: char| if self.contains(p) { c } else { '-' };
-        write!(f, "{}{}{}", flag(Self::READ, 'r'), flag(Self::WRITE, 'w'), flag(Self::EXEC, 'x'))
+        write!(
+            f,
+            "{}{}{}",
+            flag(Self::READ, 'r'),
+            flag(Self::WRITE, 'w'),
+            flag(Self::EXEC, 'x')
+        )
     }
 }
 

@@ -66,7 +66,7 @@ impl PageLen {
     /// wrong value is a bug, not undefined behaviour: the kernel refuses
     /// unaligned lengths.
     pub fn new_unchecked(bytes: usize) -> Self {
-        debug_assert!(bytes != 0 && bytes % page_size() == 0, "{bytes:#x}");
+        debug_assert!(bytes != 0 && bytes.is_multiple_of(page_size()), "{bytes:#x}");
         Self(bytes)
     }
 
@@ -83,7 +83,7 @@ impl PageLen {
 
 pub(crate) fn check_aligned(what: &'static str, value: usize) -> Result<(), RangeError> {
     let page = page_size();
-    if value % page == 0 {
+    if value.is_multiple_of(page) {
         Ok(())
     } else {
         Err(RangeError::NotPageAligned { what, value, page })
@@ -98,7 +98,9 @@ pub(crate) fn check_within(offset: usize, len: usize, limit: usize) -> Result<()
     }
     check_aligned("offset", offset)?;
     check_aligned("length", len)?;
-    let end = offset.checked_add(len).ok_or(RangeError::Overflow { start: offset, len })?;
+    let end = offset
+        .checked_add(len)
+        .ok_or(RangeError::Overflow { start: offset, len })?;
     if end > limit {
         return Err(RangeError::OutOfRange { offset, len, limit });
     }
@@ -112,7 +114,9 @@ pub(crate) fn check_addr_range(start: usize, len: usize) -> Result<usize, RangeE
     }
     check_aligned("address", start)?;
     check_aligned("length", len)?;
-    start.checked_add(len).ok_or(RangeError::Overflow { start, len })
+    start
+        .checked_add(len)
+        .ok_or(RangeError::Overflow { start, len })
 }
 
 #[cfg(test)]
@@ -123,7 +127,9 @@ mod tests {
     fn page_len_rejects_zero_and_unaligned() {
         let p = page_size();
         assert_eq!(PageLen::new(0), Err(RangeError::ZeroLength));
-        assert!(matches!(PageLen::new(p + 1), Err(RangeError::NotPageAligned { value, .. }) if value == p + 1));
+        assert!(
+            matches!(PageLen::new(p + 1), Err(RangeError::NotPageAligned { value, .. }) if value == p + 1)
+        );
         assert_eq!(PageLen::new(3 * p).unwrap().pages(), 3);
     }
 
@@ -131,18 +137,37 @@ mod tests {
     fn within_checks_every_edge() {
         let p = page_size();
         assert_eq!(check_within(0, p, p), Ok(()));
-        assert_eq!(check_within(p, p, p), Err(RangeError::OutOfRange { offset: p, len: p, limit: p }));
+        assert_eq!(
+            check_within(p, p, p),
+            Err(RangeError::OutOfRange {
+                offset: p,
+                len: p,
+                limit: p
+            })
+        );
         assert_eq!(check_within(0, 0, p), Err(RangeError::ZeroLength));
-        assert!(matches!(check_within(1, p, 4 * p), Err(RangeError::NotPageAligned { what: "offset", .. })));
+        assert!(matches!(
+            check_within(1, p, 4 * p),
+            Err(RangeError::NotPageAligned { what: "offset", .. })
+        ));
         let huge = usize::MAX - p + 1;
-        assert_eq!(check_within(huge, p, usize::MAX), Err(RangeError::Overflow { start: huge, len: p }));
+        assert_eq!(
+            check_within(huge, p, usize::MAX),
+            Err(RangeError::Overflow {
+                start: huge,
+                len: p
+            })
+        );
     }
 
     #[test]
     fn addr_range_checks_overflow() {
         let p = page_size();
         assert_eq!(check_addr_range(p, p), Ok(2 * p));
-        assert!(matches!(check_addr_range(usize::MAX - p + 1, 2 * p), Err(RangeError::Overflow { .. })));
+        assert!(matches!(
+            check_addr_range(usize::MAX - p + 1, 2 * p),
+            Err(RangeError::Overflow { .. })
+        ));
     }
 
     #[test]

@@ -69,8 +69,12 @@ impl Region {
 
     fn map(len: usize, prot: Prot, extra: i32) -> Result<Self, RegionError> {
         let len = PageLen::new(len)?;
-        let ptr = mem::mmap_anonymous(len.bytes(), prot.bits(), extra)
-            .map_err(|source| RegionError::Os { op: "mmap(anonymous)", source })?;
+        let ptr = mem::mmap_anonymous(len.bytes(), prot.bits(), extra).map_err(|source| {
+            RegionError::Os {
+                op: "mmap(anonymous)",
+                source,
+            }
+        })?;
         let base = NonNull::new(ptr).expect("mmap returned NULL without MAP_FIXED");
         Ok(Self { base, len })
     }
@@ -97,7 +101,8 @@ impl Region {
 
     /// The offset of `addr` in this region, if it lies inside.
     pub fn offset_of(&self, addr: usize) -> Option<usize> {
-        addr.checked_sub(self.base.as_ptr() as usize).filter(|&o| o < self.len())
+        addr.checked_sub(self.base.as_ptr() as usize)
+            .filter(|&o| o < self.len())
     }
 
     /// Makes `offset..offset + len` usable with protection `prot` (an alias of
@@ -113,10 +118,16 @@ impl Region {
         // SAFETY: the range lies inside this region, which owns it and hands
         // out no references into it.
         unsafe {
-            mem::mprotect(self.at(offset), len, Prot::NONE.bits())
-                .map_err(|source| RegionError::Os { op: "mprotect(PROT_NONE)", source })?;
-            mem::madvise_dontneed(self.at(offset), len)
-                .map_err(|source| RegionError::Os { op: "madvise(MADV_DONTNEED)", source })
+            mem::mprotect(self.at(offset), len, Prot::NONE.bits()).map_err(|source| {
+                RegionError::Os {
+                    op: "mprotect(PROT_NONE)",
+                    source,
+                }
+            })?;
+            mem::madvise_dontneed(self.at(offset), len).map_err(|source| RegionError::Os {
+                op: "madvise(MADV_DONTNEED)",
+                source,
+            })
         }
     }
 
@@ -125,8 +136,12 @@ impl Region {
         check_within(offset, len, self.len())?;
         // SAFETY: the range lies inside this region, which owns it and hands
         // out no references into it (a fault on it is an ordinary trap).
-        unsafe { mem::mprotect(self.at(offset), len, prot.bits()) }
-            .map_err(|source| RegionError::Os { op: "mprotect", source })
+        unsafe { mem::mprotect(self.at(offset), len, prot.bits()) }.map_err(|source| {
+            RegionError::Os {
+                op: "mprotect",
+                source,
+            }
+        })
     }
 
     /// PROT1: lowers the protection of the one page at `offset` to `prot`.
@@ -180,14 +195,22 @@ impl Region {
         if offset < self.len() {
             Ok(())
         } else {
-            Err(RangeError::OutOfRange { offset, len: 1, limit: self.len() })
+            Err(RangeError::OutOfRange {
+                offset,
+                len: 1,
+                limit: self.len(),
+            })
         }
     }
 
     fn check_word(&self, offset: usize) -> Result<(), RangeError> {
         match offset.checked_add(8) {
-            Some(end) if end <= self.len() && offset % 8 == 0 => Ok(()),
-            _ => Err(RangeError::OutOfRange { offset, len: 8, limit: self.len() }),
+            Some(end) if end <= self.len() && offset.is_multiple_of(8) => Ok(()),
+            _ => Err(RangeError::OutOfRange {
+                offset,
+                len: 8,
+                limit: self.len(),
+            }),
         }
     }
 
@@ -214,7 +237,10 @@ mod tests {
 
     #[test]
     fn new_rejects_bad_lengths() {
-        assert!(matches!(Region::new(0, Prot::READ), Err(RegionError::Range(RangeError::ZeroLength))));
+        assert!(matches!(
+            Region::new(0, Prot::READ),
+            Err(RegionError::Range(RangeError::ZeroLength))
+        ));
         assert!(matches!(
             Region::new(page_size() + 1, Prot::READ),
             Err(RegionError::Range(RangeError::NotPageAligned { .. }))
@@ -233,9 +259,18 @@ mod tests {
     fn protect_checks_the_range() {
         let p = page_size();
         let r = Region::new(4 * p, Prot::READ_WRITE).unwrap();
-        assert!(matches!(r.protect(0, 5 * p, Prot::READ), Err(RegionError::Range(RangeError::OutOfRange { .. }))));
-        assert!(matches!(r.protect(1, p, Prot::READ), Err(RegionError::Range(RangeError::NotPageAligned { .. }))));
-        assert!(matches!(r.protect(p, 0, Prot::READ), Err(RegionError::Range(RangeError::ZeroLength))));
+        assert!(matches!(
+            r.protect(0, 5 * p, Prot::READ),
+            Err(RegionError::Range(RangeError::OutOfRange { .. }))
+        ));
+        assert!(matches!(
+            r.protect(1, p, Prot::READ),
+            Err(RegionError::Range(RangeError::NotPageAligned { .. }))
+        ));
+        assert!(matches!(
+            r.protect(p, 0, Prot::READ),
+            Err(RegionError::Range(RangeError::ZeroLength))
+        ));
         assert!(matches!(
             r.protect(usize::MAX - p + 1, 2 * p, Prot::READ),
             Err(RegionError::Range(RangeError::Overflow { .. }))

@@ -127,7 +127,9 @@ pub enum TrapError {
     #[error(transparent)]
     Range(#[from] RangeError),
     /// The range overlaps one already registered.
-    #[error("range {start:#x}..{end:#x} overlaps registered range {other_start:#x}..{other_end:#x}")]
+    #[error(
+        "range {start:#x}..{end:#x} overlaps registered range {other_start:#x}..{other_end:#x}"
+    )]
     Overlap {
         /// Start of the range asked for.
         start: usize,
@@ -199,8 +201,12 @@ struct Previous {
 // it is only read.
 unsafe impl Sync for Previous {}
 
-static PREV_SEGV: Previous = Previous { action: UnsafeCell::new(None) };
-static PREV_BUS: Previous = Previous { action: UnsafeCell::new(None) };
+static PREV_SEGV: Previous = Previous {
+    action: UnsafeCell::new(None),
+};
+static PREV_BUS: Previous = Previous {
+    action: UnsafeCell::new(None),
+};
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Registers `handler` for faults in `start..start + len` and installs the
@@ -216,7 +222,11 @@ where
     F: Fn(&Fault) -> Outcome + Send + Sync + 'static,
 {
     let end = check_addr_range(start, len)?;
-    let entry = Box::into_raw(Box::new(Entry { start, end, handler: Box::new(handler) }));
+    let entry = Box::into_raw(Box::new(Entry {
+        start,
+        end,
+        handler: Box::new(handler),
+    }));
     let guard = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
     let slot = match install_locked().and_then(|()| claim_slot_locked(start, end)) {
         Ok(slot) => slot,
@@ -251,7 +261,12 @@ fn claim_slot_locked(start: usize, end: usize) -> Result<usize, TrapError> {
         // which only happens under WRITERS, which we hold.
         let (os, oe) = unsafe { ((*e).start, (*e).end) };
         if start < oe && os < end {
-            return Err(TrapError::Overlap { start, end, other_start: os, other_end: oe });
+            return Err(TrapError::Overlap {
+                start,
+                end,
+                other_start: os,
+                other_end: oe,
+            });
         }
     }
     free.ok_or(TrapError::Full { capacity: CAPACITY })
@@ -265,12 +280,21 @@ fn install_locked() -> Result<(), TrapError> {
         return Ok(());
     }
     page_size(); // cache it: the handler must not call sysconf.
-    for (sig, name, prev) in [(sys::SIGSEGV, "SIGSEGV", &PREV_SEGV), (sys::SIGBUS, "SIGBUS", &PREV_BUS)] {
-        let old = sys::current(sig).map_err(|source| TrapError::Install { signal: name, source })?;
+    for (sig, name, prev) in [
+        (sys::SIGSEGV, "SIGSEGV", &PREV_SEGV),
+        (sys::SIGBUS, "SIGBUS", &PREV_BUS),
+    ] {
+        let old = sys::current(sig).map_err(|source| TrapError::Install {
+            signal: name,
+            source,
+        })?;
         // SAFETY: under WRITERS and before our handler is installed for
         // `sig`, nothing reads this cell.
         unsafe { *prev.action.get() = Some(old) };
-        sys::install(sig, on_fault).map_err(|source| TrapError::Install { signal: name, source })?;
+        sys::install(sig, on_fault).map_err(|source| TrapError::Install {
+            signal: name,
+            source,
+        })?;
     }
     INSTALLED.store(true, SeqCst);
     Ok(())
@@ -278,7 +302,9 @@ fn install_locked() -> Result<(), TrapError> {
 
 /// Whether vmprim's dispatcher is the installed handler for both signals.
 pub fn is_installed() -> bool {
-    INSTALLED.load(SeqCst) && sys::is_installed(sys::SIGSEGV, on_fault) && sys::is_installed(sys::SIGBUS, on_fault)
+    INSTALLED.load(SeqCst)
+        && sys::is_installed(sys::SIGSEGV, on_fault)
+        && sys::is_installed(sys::SIGBUS, on_fault)
 }
 
 /// A registered range. Dropping it unregisters the range.
@@ -353,7 +379,11 @@ extern "C" fn on_fault(sig: i32, info: *mut sys::siginfo_t, ctx: *mut c_void) {
             page: addr & !(page_size() - 1),
             // SAFETY: the kernel passes a valid ucontext for this handler.
             access: unsafe { sys::access_kind(ctx) },
-            signal: if sig == sys::SIGBUS { Signal::Bus } else { Signal::Segv },
+            signal: if sig == sys::SIGBUS {
+                Signal::Bus
+            } else {
+                Signal::Segv
+            },
             cause: cause(sig, code),
             ctx,
         };
@@ -362,7 +392,11 @@ extern "C" fn on_fault(sig: i32, info: *mut sys::siginfo_t, ctx: *mut c_void) {
             return;
         }
     }
-    let prev = if sig == sys::SIGBUS { &PREV_BUS } else { &PREV_SEGV };
+    let prev = if sig == sys::SIGBUS {
+        &PREV_BUS
+    } else {
+        &PREV_SEGV
+    };
     // SAFETY: written before this handler was installed, read-only since.
     let action = unsafe { (*prev.action.get()).unwrap_or_else(Action::default_action) };
     // SAFETY: `info` and `ctx` are the kernel's for this running handler.
@@ -442,8 +476,14 @@ mod tests {
     #[test]
     fn bad_ranges_are_refused() {
         let p = page_size();
-        assert!(matches!(register(p + 1, p, |_| Outcome::NotOurs), Err(TrapError::Range(RangeError::NotPageAligned { .. }))));
-        assert!(matches!(register(p, 0, |_| Outcome::NotOurs), Err(TrapError::Range(RangeError::ZeroLength))));
+        assert!(matches!(
+            register(p + 1, p, |_| Outcome::NotOurs),
+            Err(TrapError::Range(RangeError::NotPageAligned { .. }))
+        ));
+        assert!(matches!(
+            register(p, 0, |_| Outcome::NotOurs),
+            Err(TrapError::Range(RangeError::ZeroLength))
+        ));
         assert!(matches!(
             register(usize::MAX - p + 1, 2 * p, |_| Outcome::NotOurs),
             Err(TrapError::Range(RangeError::Overflow { .. }))
@@ -476,7 +516,10 @@ mod tests {
             }
             assert!(regs.len() <= CAPACITY);
         };
-        assert!(matches!(err, TrapError::Full { capacity: CAPACITY }), "{err}");
+        assert!(
+            matches!(err, TrapError::Full { capacity: CAPACITY }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -493,7 +536,8 @@ mod tests {
                     for i in 0..pages {
                         // Threads 0 and 1 share pages; 2 and 3 go backwards.
                         let page = if t < 2 { i } else { pages - 1 - i };
-                        r.write_u64(page * p + t * 8, (t * 1000 + i) as u64).unwrap();
+                        r.write_u64(page * p + t * 8, (t * 1000 + i) as u64)
+                            .unwrap();
                     }
                 })
             })
@@ -504,12 +548,21 @@ mod tests {
         for page in 0..pages {
             for t in 0..4 {
                 let i = if t < 2 { page } else { pages - 1 - page };
-                assert_eq!(region.read_u64(page * p + t * 8).unwrap(), (t * 1000 + i) as u64);
+                assert_eq!(
+                    region.read_u64(page * p + t * 8).unwrap(),
+                    (t * 1000 + i) as u64
+                );
             }
         }
         let traps = count.load(Relaxed);
-        assert!(traps >= pages as u64, "every page traps at least once: {traps}");
-        assert!(traps <= 4 * pages as u64, "at most once per thread and page: {traps}");
+        assert!(
+            traps >= pages as u64,
+            "every page traps at least once: {traps}"
+        );
+        assert!(
+            traps <= 4 * pages as u64,
+            "at most once per thread and page: {traps}"
+        );
     }
 
     #[test]

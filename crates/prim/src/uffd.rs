@@ -93,7 +93,10 @@ impl Features {
 
     /// The names of the features in the set.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::TABLE.iter().filter(move |(f, _, _)| self.contains(*f)).map(|&(_, n, _)| n)
+        Self::TABLE
+            .iter()
+            .filter(move |(f, _, _)| self.contains(*f))
+            .map(|&(_, n, _)| n)
     }
 }
 
@@ -253,7 +256,10 @@ impl Uffd {
     fn probe() -> Result<(Features, Scope), UffdError> {
         *PROBE.get_or_init(|| {
             let (fd, scope) = open_fd(0)?;
-            let api = sys::api(fd.as_fd(), 0).map_err(|source| UffdError::Os { op: "UFFDIO_API", source })?;
+            let api = sys::api(fd.as_fd(), 0).map_err(|source| UffdError::Os {
+                op: "UFFDIO_API",
+                source,
+            })?;
             Ok((Features(api.features), scope))
         })
     }
@@ -271,8 +277,17 @@ impl Uffd {
             return Err(UffdError::KernelLacks { feature, needs });
         }
         let (fd, scope) = open_fd(vmprim_sys::mem::O_NONBLOCK)?;
-        let api = sys::api(fd.as_fd(), wanted.0).map_err(|source| UffdError::Os { op: "UFFDIO_API", source })?;
-        Ok(Self { fd, features: Features(api.features), delivery, scope, ranges: Mutex::new(Vec::new()) })
+        let api = sys::api(fd.as_fd(), wanted.0).map_err(|source| UffdError::Os {
+            op: "UFFDIO_API",
+            source,
+        })?;
+        Ok(Self {
+            fd,
+            features: Features(api.features),
+            delivery,
+            scope,
+            ranges: Mutex::new(Vec::new()),
+        })
     }
 
     /// The features granted to this userfaultfd.
@@ -300,8 +315,12 @@ impl Uffd {
         if ranges.iter().any(|&(s, e)| start < e && s < end) {
             return Err(UffdError::Overlap { start, end });
         }
-        sys::register(self.fd.as_fd(), start as u64, len as u64, mode.0)
-            .map_err(|source| UffdError::Os { op: "UFFDIO_REGISTER", source })?;
+        sys::register(self.fd.as_fd(), start as u64, len as u64, mode.0).map_err(|source| {
+            UffdError::Os {
+                op: "UFFDIO_REGISTER",
+                source,
+            }
+        })?;
         ranges.push((start, end));
         Ok(())
     }
@@ -311,9 +330,16 @@ impl Uffd {
     pub fn unregister(&self, start: usize, len: usize) -> Result<(), UffdError> {
         let end = check_addr_range(start, len)?;
         let mut ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
-        let i = ranges.iter().position(|&r| r == (start, end)).ok_or(UffdError::NotRegistered { start, end })?;
-        sys::unregister(self.fd.as_fd(), start as u64, len as u64)
-            .map_err(|source| UffdError::Os { op: "UFFDIO_UNREGISTER", source })?;
+        let i = ranges
+            .iter()
+            .position(|&r| r == (start, end))
+            .ok_or(UffdError::NotRegistered { start, end })?;
+        sys::unregister(self.fd.as_fd(), start as u64, len as u64).map_err(|source| {
+            UffdError::Os {
+                op: "UFFDIO_UNREGISTER",
+                source,
+            }
+        })?;
         ranges.swap_remove(i);
         Ok(())
     }
@@ -324,7 +350,10 @@ impl Uffd {
     pub fn zeropage(&self, start: usize, len: usize, wake: Wake) -> Result<usize, UffdError> {
         check_addr_range(start, len)?;
         let mode = wake.dontwake_bit(sys::MODE_DONTWAKE);
-        resolved(sys::zeropage(self.fd.as_fd(), start as u64, len as u64, mode), "UFFDIO_ZEROPAGE")
+        resolved(
+            sys::zeropage(self.fd.as_fd(), start as u64, len as u64, mode),
+            "UFFDIO_ZEROPAGE",
+        )
     }
 
     /// Resolves missing faults at `dst` with a copy of `src` (whose length is
@@ -334,7 +363,15 @@ impl Uffd {
         check_addr_range(dst, src.len())?;
         let mode = wake.dontwake_bit(sys::MODE_DONTWAKE);
         // SAFETY: `src` is readable for its length.
-        let r = unsafe { sys::copy(self.fd.as_fd(), dst as u64, src.as_ptr(), src.len() as u64, mode) };
+        let r = unsafe {
+            sys::copy(
+                self.fd.as_fd(),
+                dst as u64,
+                src.as_ptr(),
+                src.len() as u64,
+                mode,
+            )
+        };
         resolved(r, "UFFDIO_COPY")
     }
 
@@ -348,13 +385,21 @@ impl Uffd {
     /// waiting on it as `wake` says. Async-signal-safe: this is how a handler
     /// resolves a write-protect fault.
     pub fn write_unprotect(&self, start: usize, len: usize, wake: Wake) -> Result<(), UffdError> {
-        self.writeprotect(start, len, wake.dontwake_bit(sys::WRITEPROTECT_MODE_DONTWAKE))
+        self.writeprotect(
+            start,
+            len,
+            wake.dontwake_bit(sys::WRITEPROTECT_MODE_DONTWAKE),
+        )
     }
 
     fn writeprotect(&self, start: usize, len: usize, mode: u64) -> Result<(), UffdError> {
         check_addr_range(start, len)?;
-        sys::writeprotect(self.fd.as_fd(), start as u64, len as u64, mode)
-            .map_err(|source| UffdError::Os { op: "UFFDIO_WRITEPROTECT", source })
+        sys::writeprotect(self.fd.as_fd(), start as u64, len as u64, mode).map_err(|source| {
+            UffdError::Os {
+                op: "UFFDIO_WRITEPROTECT",
+                source,
+            }
+        })
     }
 
     /// Resolves minor faults by mapping the pages already in the page cache.
@@ -363,7 +408,10 @@ impl Uffd {
         check_addr_range(start, len)?;
         self.need(Features::MINOR)?;
         let mode = wake.dontwake_bit(sys::MODE_DONTWAKE);
-        resolved(sys::continue_(self.fd.as_fd(), start as u64, len as u64, mode), "UFFDIO_CONTINUE")
+        resolved(
+            sys::continue_(self.fd.as_fd(), start as u64, len as u64, mode),
+            "UFFDIO_CONTINUE",
+        )
     }
 
     /// Marks missing pages poisoned: touching them raises `SIGBUS`
@@ -372,7 +420,10 @@ impl Uffd {
         check_addr_range(start, len)?;
         self.need(Features::POISON)?;
         let mode = wake.dontwake_bit(sys::MODE_DONTWAKE);
-        resolved(sys::poison(self.fd.as_fd(), start as u64, len as u64, mode), "UFFDIO_POISON")
+        resolved(
+            sys::poison(self.fd.as_fd(), start as u64, len as u64, mode),
+            "UFFDIO_POISON",
+        )
     }
 
     /// Moves the pages at `src` to the missing pages at `dst`, without
@@ -382,30 +433,49 @@ impl Uffd {
     /// `src..src + len` must be private anonymous memory the caller owns,
     /// with no Rust references into it: its pages are taken away and it
     /// reads as missing afterwards.
-    pub unsafe fn move_(&self, dst: usize, src: usize, len: usize, wake: Wake) -> Result<usize, UffdError> {
+    pub unsafe fn move_(
+        &self,
+        dst: usize,
+        src: usize,
+        len: usize,
+        wake: Wake,
+    ) -> Result<usize, UffdError> {
         check_addr_range(dst, len)?;
         check_addr_range(src, len)?;
         self.need(Features::MOVE)?;
         let mode = wake.dontwake_bit(sys::MODE_DONTWAKE);
         // SAFETY: the caller gives up `src`.
-        resolved(unsafe { sys::move_(self.fd.as_fd(), dst as u64, src as u64, len as u64, mode) }, "UFFDIO_MOVE")
+        resolved(
+            unsafe { sys::move_(self.fd.as_fd(), dst as u64, src as u64, len as u64, mode) },
+            "UFFDIO_MOVE",
+        )
     }
 
     /// Wakes the threads waiting on `start..start + len`.
     pub fn wake(&self, start: usize, len: usize) -> Result<(), UffdError> {
         check_addr_range(start, len)?;
-        sys::wake(self.fd.as_fd(), start as u64, len as u64).map_err(|source| UffdError::Os { op: "UFFDIO_WAKE", source })
+        sys::wake(self.fd.as_fd(), start as u64, len as u64).map_err(|source| UffdError::Os {
+            op: "UFFDIO_WAKE",
+            source,
+        })
     }
 
     /// Reads the next fault, if one is pending ([`Delivery::Messages`]).
     pub fn read_fault(&self) -> Result<Option<UserFault>, UffdError> {
         loop {
             match sys::read_msg(self.fd.as_fd()) {
-                Ok(msg) if msg.event == sys::EVENT_PAGEFAULT => return Ok(Some(UserFault::from_msg(&msg))),
+                Ok(msg) if msg.event == sys::EVENT_PAGEFAULT => {
+                    return Ok(Some(UserFault::from_msg(&msg)))
+                }
                 Ok(_) => continue, // events vmprim did not ask for
                 Err(e) if e == Errno::EAGAIN => return Ok(None),
                 Err(e) if e == Errno::EINTR => continue,
-                Err(source) => return Err(UffdError::Os { op: "read(userfaultfd)", source }),
+                Err(source) => {
+                    return Err(UffdError::Os {
+                        op: "read(userfaultfd)",
+                        source,
+                    })
+                }
             }
         }
     }
@@ -428,7 +498,10 @@ fn open_fd(flags: i32) -> Result<(OwnedFd, Scope), UffdError> {
     let first = match sys::userfaultfd(flags) {
         Ok(fd) => return Ok((fd, Scope::All)),
         Err(e) if e == Errno::ENOSYS => {
-            return Err(UffdError::KernelLacks { feature: "userfaultfd", needs: "4.3 with CONFIG_USERFAULTFD" })
+            return Err(UffdError::KernelLacks {
+                feature: "userfaultfd",
+                needs: "4.3 with CONFIG_USERFAULTFD",
+            })
         }
         Err(e) => e,
     };

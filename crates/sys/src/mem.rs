@@ -38,7 +38,10 @@ pub fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     let size = usize::try_from(size).expect("sysconf(_SC_PAGESIZE) failed");
-    assert!(size.is_power_of_two(), "page size {size} is not a power of two");
+    assert!(
+        size.is_power_of_two(),
+        "page size {size} is not a power of two"
+    );
     PAGE_SIZE.store(size, Ordering::Relaxed);
     size
 }
@@ -71,7 +74,14 @@ pub fn mmap_shared(len: usize, prot: i32, fd: BorrowedFd<'_>, offset: u64) -> Re
     let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
     // SAFETY: without MAP_FIXED the kernel picks an unused address.
     let ptr = unsafe {
-        libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), offset)
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            offset,
+        )
     };
     mmap_result(ptr)
 }
@@ -256,8 +266,16 @@ pub const O_NONBLOCK: i32 = libc::O_NONBLOCK;
 /// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html)
 pub fn poll2(a: i32, b: BorrowedFd<'_>) -> Result<(bool, bool)> {
     let mut fds = [
-        libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     // SAFETY: `fds` is a valid array of two pollfd.
     check(unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) })?;
@@ -305,7 +323,10 @@ mod tests {
 
     #[test]
     fn mmap_anonymous_refuses_fixed() {
-        assert_eq!(mmap_anonymous(4096, prot::READ, libc::MAP_FIXED), Err(Errno::EINVAL));
+        assert_eq!(
+            mmap_anonymous(4096, prot::READ, libc::MAP_FIXED),
+            Err(Errno::EINVAL)
+        );
     }
 
     #[test]
@@ -349,7 +370,10 @@ mod tests {
             unsafe { m.add(i * p).write_volatile(1) };
         }
         let after = resident_bytes().unwrap();
-        assert!(after >= before + (n as u64 * p as u64) / 2, "{before} -> {after}");
+        assert!(
+            after >= before + (n as u64 * p as u64) / 2,
+            "{before} -> {after}"
+        );
         // SAFETY: ours, no references.
         unsafe { munmap(m, n * p).unwrap() };
     }

@@ -105,7 +105,13 @@ pub fn pagemap_scan(
     arg.vec_len = out.len() as u64;
     // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to `out`,
     // valid for writes of `vec_len` entries.
-    let n = check(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, arg as *mut PmScanArg) })?;
+    let n = check(unsafe {
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN as _,
+            arg as *mut PmScanArg,
+        )
+    })?;
     Ok((n as usize, arg.walk_end))
 }
 
@@ -120,7 +126,8 @@ pub fn read_entries(pagemap: BorrowedFd<'_>, addr: usize, out: &mut [u64]) -> Re
     let offset = (addr / mem::page_size()) as u64 * 8;
     // SAFETY: a `[u64]` may be viewed as bytes: u8 has no alignment or
     // validity requirement, and the length is the byte length of `out`.
-    let bytes = unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 8) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 8) };
     let mut done = 0;
     while done < bytes.len() {
         let n = mem::pread(pagemap, &mut bytes[done..], offset + done as u64)?;

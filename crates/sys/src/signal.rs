@@ -185,7 +185,8 @@ mod arch {
     pub(super) unsafe fn access_kind(ctx: *const c_void) -> Access {
         // SAFETY: the caller passes the kernel's ucontext_t, whose gregs hold
         // the trap's error code at REG_ERR.
-        let err = unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_ERR as usize] };
+        let err =
+            unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_ERR as usize] };
         decode(err)
     }
 
@@ -218,7 +219,9 @@ mod arch {
             let mc = core::ptr::addr_of!((*ctx.cast::<libc::ucontext_t>()).uc_mcontext);
             let after_pstate = core::ptr::addr_of!((*mc).pstate).cast::<u8>().add(8);
             let mut rec = after_pstate.add(after_pstate.align_offset(16));
-            let end = mc.cast::<u8>().add(core::mem::size_of::<libc::mcontext_t>());
+            let end = mc
+                .cast::<u8>()
+                .add(core::mem::size_of::<libc::mcontext_t>());
             while rec.add(8) <= end {
                 let magic = rec.cast::<u32>().read();
                 let size = rec.add(4).cast::<u32>().read() as usize;
@@ -261,8 +264,16 @@ mod arch {
 /// `base..base + size` must stay mapped and unused by anything else for as
 /// long as it is the thread's alternate stack.
 pub unsafe fn set_altstack(base: *mut u8, size: usize) -> Result<Option<(*mut u8, usize)>> {
-    let new = libc::stack_t { ss_sp: base.cast(), ss_flags: 0, ss_size: size };
-    let mut old = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    let new = libc::stack_t {
+        ss_sp: base.cast(),
+        ss_flags: 0,
+        ss_size: size,
+    };
+    let mut old = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
     // SAFETY: both are valid stack_t; the caller keeps the stack alive.
     check(unsafe { libc::sigaltstack(&new, &mut old) })?;
     Ok(stack_of(&old))
@@ -270,7 +281,11 @@ pub unsafe fn set_altstack(base: *mut u8, size: usize) -> Result<Option<(*mut u8
 
 /// `sigaltstack(NULL, &cur)`—The calling thread's alternate stack, if any.
 pub fn altstack() -> Result<Option<(*mut u8, usize)>> {
-    let mut cur = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    let mut cur = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
     // SAFETY: `cur` is a valid stack_t for the kernel to fill.
     check(unsafe { libc::sigaltstack(core::ptr::null(), &mut cur) })?;
     Ok(stack_of(&cur))
@@ -278,7 +293,11 @@ pub fn altstack() -> Result<Option<(*mut u8, usize)>> {
 
 /// `sigaltstack({SS_DISABLE})`—Turns off the calling thread's alternate stack.
 pub fn disable_altstack() -> Result<()> {
-    let new = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+    let new = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
     // SAFETY: a valid stack_t asking to disable the alternate stack.
     check(unsafe { libc::sigaltstack(&new, core::ptr::null_mut()) }).map(|_| ())
 }
@@ -330,7 +349,12 @@ mod tests {
     fn altstack_round_trip() {
         std::thread::spawn(|| {
             let size = 64 * 1024;
-            let base = crate::mem::mmap_anonymous(size, crate::mem::prot::READ | crate::mem::prot::WRITE, 0).unwrap();
+            let base = crate::mem::mmap_anonymous(
+                size,
+                crate::mem::prot::READ | crate::mem::prot::WRITE,
+                0,
+            )
+            .unwrap();
             // SAFETY: the stack stays mapped until after it is disabled below.
             unsafe { set_altstack(base, size).unwrap() };
             assert_eq!(altstack().unwrap(), Some((base, size)));

@@ -217,7 +217,11 @@ pub fn userfaultfd_dev(flags: i32) -> Result<OwnedFd> {
     let dev = crate::mem::open(c"/dev/userfaultfd", libc::O_RDWR)?;
     // SAFETY: USERFAULTFD_IOC_NEW takes an integer and returns a new descriptor.
     let fd = check(unsafe {
-        libc::ioctl(dev.as_raw_fd(), ioctl::DEV_NEW as _, flags | libc::O_CLOEXEC)
+        libc::ioctl(
+            dev.as_raw_fd(),
+            ioctl::DEV_NEW as _,
+            flags | libc::O_CLOEXEC,
+        )
     })?;
     // SAFETY: the kernel just returned this descriptor to us alone.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -225,14 +229,22 @@ pub fn userfaultfd_dev(flags: i32) -> Result<OwnedFd> {
 
 /// `UFFDIO_API`—Negotiates the API and features; returns what was granted.
 pub fn api(fd: BorrowedFd<'_>, features: u64) -> Result<UffdioApi> {
-    let mut arg = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+    let mut arg = UffdioApi {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
     ioctl_ptr(fd, ioctl::API, &mut arg)?;
     Ok(arg)
 }
 
 /// `UFFDIO_REGISTER`—Registers a range; returns the ioctls it supports.
 pub fn register(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<u64> {
-    let mut arg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
+    let mut arg = UffdioRegister {
+        range: UffdioRange { start, len },
+        mode,
+        ioctls: 0,
+    };
     ioctl_ptr(fd, ioctl::REGISTER, &mut arg)?;
     Ok(arg.ioctls)
 }
@@ -255,22 +267,42 @@ pub fn wake(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
 /// # Safety
 /// `src..src + len` must be readable. (`dst` is checked by the kernel: only
 /// missing pages of a registered range are filled.)
-pub unsafe fn copy(fd: BorrowedFd<'_>, dst: u64, src: *const u8, len: u64, mode: u64) -> Result<u64> {
-    let mut arg = UffdioCopy { dst, src: src as u64, len, mode, copy: 0 };
+pub unsafe fn copy(
+    fd: BorrowedFd<'_>,
+    dst: u64,
+    src: *const u8,
+    len: u64,
+    mode: u64,
+) -> Result<u64> {
+    let mut arg = UffdioCopy {
+        dst,
+        src: src as u64,
+        len,
+        mode,
+        copy: 0,
+    };
     let r = ioctl_ptr(fd, ioctl::COPY, &mut arg);
     partial(r, arg.copy)
 }
 
 /// `UFFDIO_ZEROPAGE`—Fills missing pages with zeros.
 pub fn zeropage(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<u64> {
-    let mut arg = UffdioRangeOp { range: UffdioRange { start, len }, mode, result: 0 };
+    let mut arg = UffdioRangeOp {
+        range: UffdioRange { start, len },
+        mode,
+        result: 0,
+    };
     let r = ioctl_ptr(fd, ioctl::ZEROPAGE, &mut arg);
     partial(r, arg.result)
 }
 
 /// `UFFDIO_CONTINUE`—Maps pages already in the page cache (minor faults).
 pub fn continue_(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<u64> {
-    let mut arg = UffdioRangeOp { range: UffdioRange { start, len }, mode, result: 0 };
+    let mut arg = UffdioRangeOp {
+        range: UffdioRange { start, len },
+        mode,
+        result: 0,
+    };
     let r = ioctl_ptr(fd, ioctl::CONTINUE, &mut arg);
     partial(r, arg.result)
 }
@@ -278,7 +310,11 @@ pub fn continue_(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<
 /// `UFFDIO_POISON`—Makes future accesses to missing pages raise `SIGBUS`
 /// (as a hardware memory error would).
 pub fn poison(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<u64> {
-    let mut arg = UffdioRangeOp { range: UffdioRange { start, len }, mode, result: 0 };
+    let mut arg = UffdioRangeOp {
+        range: UffdioRange { start, len },
+        mode,
+        result: 0,
+    };
     let r = ioctl_ptr(fd, ioctl::POISON, &mut arg);
     partial(r, arg.result)
 }
@@ -290,14 +326,23 @@ pub fn poison(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<u64
 /// `src..src + len` must be memory the caller owns with no Rust references
 /// into it: its pages are taken away.
 pub unsafe fn move_(fd: BorrowedFd<'_>, dst: u64, src: u64, len: u64, mode: u64) -> Result<u64> {
-    let mut arg = UffdioCopy { dst, src, len, mode, copy: 0 };
+    let mut arg = UffdioCopy {
+        dst,
+        src,
+        len,
+        mode,
+        copy: 0,
+    };
     let r = ioctl_ptr(fd, ioctl::MOVE, &mut arg);
     partial(r, arg.copy)
 }
 
 /// `UFFDIO_WRITEPROTECT`—Sets or clears write protection on a range.
 pub fn writeprotect(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> Result<()> {
-    let mut arg = UffdioWriteprotect { range: UffdioRange { start, len }, mode };
+    let mut arg = UffdioWriteprotect {
+        range: UffdioRange { start, len },
+        mode,
+    };
     ioctl_ptr(fd, ioctl::WRITEPROTECT, &mut arg).map(|_| ())
 }
 
@@ -321,7 +366,11 @@ pub fn read_msg(fd: BorrowedFd<'_>) -> Result<UffdMsg> {
     // SAFETY: `msg` is valid for writes of its size, which is the size of
     // `struct uffd_msg`.
     let n = unsafe {
-        libc::read(fd.as_raw_fd(), (&mut msg as *mut UffdMsg).cast(), size_of::<UffdMsg>())
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut msg as *mut UffdMsg).cast(),
+            size_of::<UffdMsg>(),
+        )
     };
     match usize::try_from(n) {
         Ok(n) if n == size_of::<UffdMsg>() => Ok(msg),

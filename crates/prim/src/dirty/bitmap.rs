@@ -14,7 +14,10 @@ pub(super) struct Bitmap {
 
 impl Bitmap {
     pub(super) fn new(pages: usize) -> Self {
-        Self { words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), pages }
+        Self {
+            words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            pages,
+        }
     }
 
     /// Marks page `i` dirty. Async-signal-safe.
@@ -35,7 +38,11 @@ impl Bitmap {
                 let start = bits.trailing_zeros() as usize;
                 let count = (!(bits >> start)).trailing_zeros() as usize;
                 push_page(out, w * 64 + start, count);
-                bits &= if start + count == 64 { 0 } else { !0 << (start + count) };
+                bits &= if start + count == 64 {
+                    0
+                } else {
+                    !0 << (start + count)
+                };
             }
         }
     }
@@ -53,7 +60,8 @@ mod tests {
         }
         let mut out = Vec::new();
         b.take_into(&mut out);
-        let want = [(0, 3), (63, 3), (130, 1), (199, 1)].map(|(first, count)| PageRun { first, count });
+        let want =
+            [(0, 3), (63, 3), (130, 1), (199, 1)].map(|(first, count)| PageRun { first, count });
         assert_eq!(out, want);
         out.clear();
         b.take_into(&mut out);
@@ -66,6 +74,12 @@ mod tests {
         (0..128).for_each(|i| b.set(i));
         let mut out = Vec::new();
         b.take_into(&mut out);
-        assert_eq!(out, [PageRun { first: 0, count: 128 }]);
+        assert_eq!(
+            out,
+            [PageRun {
+                first: 0,
+                count: 128
+            }]
+        );
     }
 }

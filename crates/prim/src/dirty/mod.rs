@@ -77,7 +77,12 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, best first.
-    pub const ALL: [Backend; 4] = [Backend::WpAsync, Backend::UffdWp, Backend::Trap, Backend::SoftDirty];
+    pub const ALL: [Backend; 4] = [
+        Backend::WpAsync,
+        Backend::UffdWp,
+        Backend::Trap,
+        Backend::SoftDirty,
+    ];
 
     /// The backend's name, as the benchmark prints it.
     pub fn name(self) -> &'static str {
@@ -167,7 +172,12 @@ pub trait DirtyTracker: Send + fmt::Debug {
 }
 
 /// Starts tracking writes to `offset..offset + len` of `region`.
-pub fn track(region: &Arc<Region>, offset: usize, len: usize, choice: Choice) -> Result<Box<dyn DirtyTracker>, DirtyError> {
+pub fn track(
+    region: &Arc<Region>,
+    offset: usize,
+    len: usize,
+    choice: Choice,
+) -> Result<Box<dyn DirtyTracker>, DirtyError> {
     check_within(offset, len, region.len())?;
     match choice {
         Choice::Force(b) => start(b, region, offset, len),
@@ -176,7 +186,9 @@ pub fn track(region: &Arc<Region>, offset: usize, len: usize, choice: Choice) ->
             for b in [Backend::WpAsync, Backend::UffdWp, Backend::Trap] {
                 match start(b, region, offset, len) {
                     Ok(t) => return Ok(t),
-                    Err(e @ (DirtyError::Uffd(_) | DirtyError::KernelLacks { .. })) => last = Some(e),
+                    Err(e @ (DirtyError::Uffd(_) | DirtyError::KernelLacks { .. })) => {
+                        last = Some(e)
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -185,7 +197,12 @@ pub fn track(region: &Arc<Region>, offset: usize, len: usize, choice: Choice) ->
     }
 }
 
-fn start(b: Backend, region: &Arc<Region>, offset: usize, len: usize) -> Result<Box<dyn DirtyTracker>, DirtyError> {
+fn start(
+    b: Backend,
+    region: &Arc<Region>,
+    offset: usize,
+    len: usize,
+) -> Result<Box<dyn DirtyTracker>, DirtyError> {
     Ok(match b {
         Backend::Trap => Box::new(trap_backend::TrapTracker::new(region, offset, len)?),
         Backend::UffdWp => Box::new(uffd_wp::UffdWpTracker::new(region, offset, len)?),

@@ -23,16 +23,19 @@ pub fn soft_dirty_available() -> bool {
 }
 
 fn probe() -> Result<bool, DirtyError> {
-    let region = Region::new(page_size(), Prot::READ_WRITE).map_err(|e| super::trap_backend::region_os(e, "mmap"))?;
+    let region = Region::new(page_size(), Prot::READ_WRITE)
+        .map_err(|e| super::trap_backend::region_os(e, "mmap"))?;
     let _ = region.write_u8(0, 1);
     let os = |op| move |source| DirtyError::Os { op, source };
     let fd = pagemap::open_pagemap().map_err(os("open(/proc/self/pagemap)"))?;
     pagemap::clear_soft_dirty().map_err(os("write(/proc/self/clear_refs)"))?;
     let mut e = [0u64];
-    pagemap::read_entries(fd.as_fd(), region.as_ptr() as usize, &mut e).map_err(os("pread(pagemap)"))?;
+    pagemap::read_entries(fd.as_fd(), region.as_ptr() as usize, &mut e)
+        .map_err(os("pread(pagemap)"))?;
     let cleared = e[0] & pagemap::PM_SOFT_DIRTY == 0;
     let _ = region.write_u8(0, 2);
-    pagemap::read_entries(fd.as_fd(), region.as_ptr() as usize, &mut e).map_err(os("pread(pagemap)"))?;
+    pagemap::read_entries(fd.as_fd(), region.as_ptr() as usize, &mut e)
+        .map_err(os("pread(pagemap)"))?;
     Ok(cleared && e[0] & pagemap::PM_SOFT_DIRTY != 0)
 }
 
@@ -48,7 +51,10 @@ pub(super) struct SoftDirtyTracker {
 impl SoftDirtyTracker {
     pub(super) fn new(region: &Arc<Region>, offset: usize, len: usize) -> Result<Self, DirtyError> {
         if !soft_dirty_available() {
-            return Err(DirtyError::KernelLacks { feature: "soft-dirty bits", needs: "CONFIG_MEM_SOFT_DIRTY" });
+            return Err(DirtyError::KernelLacks {
+                feature: "soft-dirty bits",
+                needs: "CONFIG_MEM_SOFT_DIRTY",
+            });
         }
         if IN_USE.swap(true, SeqCst) {
             return Err(DirtyError::SoftDirtyBusy);
@@ -57,11 +63,20 @@ impl SoftDirtyTracker {
             Ok(fd) => fd,
             Err(source) => {
                 IN_USE.store(false, SeqCst);
-                return Err(DirtyError::Os { op: "open(/proc/self/pagemap)", source });
+                return Err(DirtyError::Os {
+                    op: "open(/proc/self/pagemap)",
+                    source,
+                });
             }
         };
         let start = region.as_ptr() as usize + offset;
-        let mut t = Self { _region: region.clone(), start, len, pagemap, entries: vec![0; BATCH] };
+        let mut t = Self {
+            _region: region.clone(),
+            start,
+            len,
+            pagemap,
+            entries: vec![0; BATCH],
+        };
         t.collect()?;
         Ok(t)
     }
@@ -83,8 +98,15 @@ impl DirtyTracker for SoftDirtyTracker {
         let mut first = 0;
         while first < pages {
             let n = BATCH.min(pages - first);
-            pagemap::read_entries(self.pagemap.as_fd(), self.start + first * p, &mut self.entries[..n])
-                .map_err(|source| DirtyError::Os { op: "pread(/proc/self/pagemap)", source })?;
+            pagemap::read_entries(
+                self.pagemap.as_fd(),
+                self.start + first * p,
+                &mut self.entries[..n],
+            )
+            .map_err(|source| DirtyError::Os {
+                op: "pread(/proc/self/pagemap)",
+                source,
+            })?;
             for (i, e) in self.entries[..n].iter().enumerate() {
                 if e & pagemap::PM_SOFT_DIRTY != 0 {
                     push_page(out, first + i, 1);
@@ -92,7 +114,10 @@ impl DirtyTracker for SoftDirtyTracker {
             }
             first += n;
         }
-        pagemap::clear_soft_dirty().map_err(|source| DirtyError::Os { op: "write(/proc/self/clear_refs)", source })
+        pagemap::clear_soft_dirty().map_err(|source| DirtyError::Os {
+            op: "write(/proc/self/clear_refs)",
+            source,
+        })
     }
 }
 

@@ -7,7 +7,10 @@ pub(crate) fn usable(b: Backend) -> bool {
     match b {
         Backend::SoftDirty => soft_dirty_available(),
         Backend::Trap => true,
-        _ => crate::mechanisms().dirty.iter().any(|(x, a)| *x == b && a.is_yes()),
+        _ => crate::mechanisms()
+            .dirty
+            .iter()
+            .any(|(x, a)| *x == b && a.is_yes()),
     }
 }
 
@@ -46,9 +49,17 @@ fn writes_are_reported_once() {
         assert_eq!(pages(&t.collect().unwrap()), [3, 4, 5, 50, 99], "{b}");
         assert!(t.collect().unwrap().is_empty(), "{b}: cleared");
         r.write_u8(4 * page_size(), 2).unwrap();
-        assert_eq!(t.collect().unwrap(), [PageRun { first: 4, count: 1 }], "{b}");
+        assert_eq!(
+            t.collect().unwrap(),
+            [PageRun { first: 4, count: 1 }],
+            "{b}"
+        );
         assert_eq!(r.read_u8(4 * page_size()).unwrap(), 2, "{b}: data intact");
-        assert_eq!(r.read_u8(3 * page_size() + 1).unwrap(), 1, "{b}: data intact");
+        assert_eq!(
+            r.read_u8(3 * page_size() + 1).unwrap(),
+            1,
+            "{b}: data intact"
+        );
     });
 }
 
@@ -114,7 +125,10 @@ fn overlapping_trackers_are_refused() {
 #[test]
 fn bad_ranges_are_refused() {
     let region = Arc::new(Region::new(4 * page_size(), Prot::READ_WRITE).unwrap());
-    assert!(matches!(track(&region, 0, 0, Choice::Best), Err(DirtyError::Range(RangeError::ZeroLength))));
+    assert!(matches!(
+        track(&region, 0, 0, Choice::Best),
+        Err(DirtyError::Range(RangeError::ZeroLength))
+    ));
     assert!(matches!(
         track(&region, 0, 5 * page_size(), Choice::Best),
         Err(DirtyError::Range(RangeError::OutOfRange { .. }))
@@ -150,13 +164,19 @@ fn kernel_writes_behave_as_documented() {
                 // Once the page is dirty (writable), kernel writes succeed.
                 r.write_u8(page_size(), 0).unwrap();
                 // SAFETY: as above.
-                let got = unsafe { vmprim_sys::mem::read_raw(rx.as_fd(), r.as_ptr().add(page_size()), 5) };
+                let got = unsafe {
+                    vmprim_sys::mem::read_raw(rx.as_fd(), r.as_ptr().add(page_size()), 5)
+                };
                 assert_eq!(got, Ok(5), "{b}");
                 assert_eq!(pages(&t.collect().unwrap()), [1], "{b}");
             }
             Backend::WpAsync | Backend::SoftDirty => {
                 assert_eq!(got, Ok(5), "{b}");
-                assert_eq!(pages(&t.collect().unwrap()), [1], "{b}: kernel write recorded");
+                assert_eq!(
+                    pages(&t.collect().unwrap()),
+                    [1],
+                    "{b}: kernel write recorded"
+                );
             }
         }
         assert_eq!(r.read_u8(page_size()).unwrap(), b'h', "{b}");
@@ -188,7 +208,8 @@ fn no_write_is_lost_to_a_racing_collection() {
                         x ^= x << 17;
                         let page = (x % n as u64) as usize;
                         let at = clock.fetch_add(1, SeqCst);
-                        r.write_u64(page * page_size() + 8 * w as usize, at).unwrap();
+                        r.write_u64(page * page_size() + 8 * w as usize, at)
+                            .unwrap();
                         last[page].fetch_max(at, SeqCst);
                     }
                 })
@@ -196,13 +217,14 @@ fn no_write_is_lost_to_a_racing_collection() {
             .collect();
         let mut reported_at = vec![0u64; n];
         let mut runs = Vec::new();
-        let collect = |t: &mut Box<dyn DirtyTracker>, runs: &mut Vec<PageRun>, reported_at: &mut [u64]| {
-            t.collect_into(runs).unwrap();
-            let end = clock.fetch_add(1, SeqCst);
-            for p in runs.iter().flat_map(PageRun::pages) {
-                reported_at[p] = end;
-            }
-        };
+        let collect =
+            |t: &mut Box<dyn DirtyTracker>, runs: &mut Vec<PageRun>, reported_at: &mut [u64]| {
+                t.collect_into(runs).unwrap();
+                let end = clock.fetch_add(1, SeqCst);
+                for p in runs.iter().flat_map(PageRun::pages) {
+                    reported_at[p] = end;
+                }
+            };
         while !writers.iter().all(|w| w.is_finished()) {
             collect(&mut t, &mut runs, &mut reported_at);
         }
@@ -212,7 +234,11 @@ fn no_write_is_lost_to_a_racing_collection() {
         collect(&mut t, &mut runs, &mut reported_at);
         for p in 0..n {
             let lw = last_write[p].load(SeqCst);
-            assert!(lw == 0 || reported_at[p] > lw, "{b}: page {p} written at {lw}, last reported at {}", reported_at[p]);
+            assert!(
+                lw == 0 || reported_at[p] > lw,
+                "{b}: page {p} written at {lw}, last reported at {}",
+                reported_at[p]
+            );
         }
     });
 }

@@ -26,7 +26,8 @@ impl TrapTracker {
             // Only write faults on our read-only pages are ours; anything
             // else (a read of a page the program itself made PROT_NONE) is
             // passed on.
-            if f.cause != Cause::Protection || !matches!(f.access, Access::Write | Access::Unknown) {
+            if f.cause != Cause::Protection || !matches!(f.access, Access::Write | Access::Unknown)
+            {
                 return Outcome::NotOurs;
             }
             // Order matters (see the module docs): unprotect, then record.
@@ -39,7 +40,13 @@ impl TrapTracker {
         region
             .protect(offset, len, Prot::READ)
             .map_err(|e| region_os(e, "mprotect(PROT_READ)"))?;
-        Ok(Self { region: region.clone(), offset, len, bits, reg: Some(reg) })
+        Ok(Self {
+            region: region.clone(),
+            offset,
+            len,
+            bits,
+            reg: Some(reg),
+        })
     }
 }
 

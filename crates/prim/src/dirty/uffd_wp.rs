@@ -23,7 +23,11 @@ impl UffdWpTracker {
     pub(super) fn new(region: &Arc<Region>, offset: usize, len: usize) -> Result<Self, DirtyError> {
         let available = Uffd::available()?;
         let unpopulated = available.contains(Features::WP_UNPOPULATED);
-        let features = if unpopulated { Features::WP | Features::WP_UNPOPULATED } else { Features::WP };
+        let features = if unpopulated {
+            Features::WP | Features::WP_UNPOPULATED
+        } else {
+            Features::WP
+        };
         let uffd = Arc::new(Uffd::new(Delivery::Sigbus, features)?);
         let start = region.as_ptr() as usize + offset;
         let bits = Arc::new(Bitmap::new(pages_of(len)));
@@ -48,7 +52,14 @@ impl UffdWpTracker {
         }
         uffd.register(start, len, Mode::WP)?;
         uffd.write_protect(start, len)?;
-        Ok(Self { region: region.clone(), start, len, uffd, bits, reg: Some(reg) })
+        Ok(Self {
+            region: region.clone(),
+            start,
+            len,
+            uffd,
+            bits,
+            reg: Some(reg),
+        })
     }
 }
 
@@ -66,7 +77,8 @@ impl DirtyTracker for UffdWpTracker {
         self.bits.take_into(out);
         let p = page_size();
         for run in out.iter() {
-            self.uffd.write_protect(self.start + run.first * p, run.count * p)?;
+            self.uffd
+                .write_protect(self.start + run.first * p, run.count * p)?;
         }
         Ok(())
     }

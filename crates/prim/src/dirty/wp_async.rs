@@ -11,9 +11,10 @@ use std::sync::Arc;
 use vmprim_sys::pagemap::{self, category, PageRegion, PmScanArg};
 use vmprim_sys::Errno;
 
-/// Runs fetched per `PAGEMAP_SCAN` call; more are fetched by continuing the
-/// walk.
-const BATCH: usize = 512;
+/// The most runs one `PAGEMAP_SCAN` call returns (1.5 MiB of buffer). The
+/// buffer holds the most runs the range can have (every other page), up to
+/// this; a larger range is walked in several calls.
+const MAX_BATCH: usize = 1 << 16;
 
 #[derive(Debug)]
 pub(super) struct WpAsyncTracker {
@@ -27,12 +28,25 @@ pub(super) struct WpAsyncTracker {
 
 impl WpAsyncTracker {
     pub(super) fn new(region: &Arc<Region>, offset: usize, len: usize) -> Result<Self, DirtyError> {
-        let uffd = Uffd::new(Delivery::Messages, Features::WP | Features::WP_ASYNC | Features::WP_UNPOPULATED)?;
+        let uffd = Uffd::new(
+            Delivery::Messages,
+            Features::WP | Features::WP_ASYNC | Features::WP_UNPOPULATED,
+        )?;
         let start = region.as_ptr() as usize + offset;
-        let pagemap = pagemap::open_pagemap().map_err(|source| DirtyError::Os { op: "open(/proc/self/pagemap)", source })?;
+        let pagemap = pagemap::open_pagemap().map_err(|source| DirtyError::Os {
+            op: "open(/proc/self/pagemap)",
+            source,
+        })?;
         uffd.register(start, len, Mode::WP)?;
         uffd.write_protect(start, len)?;
-        let mut t = Self { _region: region.clone(), start, len, uffd, pagemap, buf: vec![PageRegion::default(); BATCH] };
+        let mut t = Self {
+            _region: region.clone(),
+            start,
+            len,
+            uffd,
+            pagemap,
+            buf: vec![PageRegion::default(); (len / page_size()).div_ceil(2).clamp(1, MAX_BATCH)],
+        };
         // A first scan both checks PAGEMAP_SCAN exists and starts the interval.
         t.collect()?;
         Ok(t)
@@ -50,7 +64,7 @@ impl DirtyTracker for WpAsyncTracker {
 
     fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError> {
         out.clear();
-        let p = page_size();
+        let shift = page_size().trailing_zeros();
         let end = (self.start + self.len) as u64;
         let mut from = self.start as u64;
         while from < end {
@@ -62,10 +76,14 @@ impl DirtyTracker for WpAsyncTracker {
                 return_mask: category::WRITTEN,
                 ..PmScanArg::default()
             };
-            let (n, walk_end) = pagemap::pagemap_scan(self.pagemap.as_fd(), &mut arg, &mut self.buf).map_err(scan_error)?;
+            let (n, walk_end) =
+                pagemap::pagemap_scan(self.pagemap.as_fd(), &mut arg, &mut self.buf)
+                    .map_err(scan_error)?;
+            // The page size is a power of two: shift, do not divide (a
+            // division per run is a measurable part of a scan).
             for r in &self.buf[..n] {
-                let first = (r.start as usize - self.start) / p;
-                push_page(out, first, (r.end - r.start) as usize / p);
+                let first = (r.start as usize - self.start) >> shift;
+                push_page(out, first, (r.end - r.start) as usize >> shift);
             }
             if walk_end <= from {
                 break;
@@ -78,9 +96,15 @@ impl DirtyTracker for WpAsyncTracker {
 
 fn scan_error(source: Errno) -> DirtyError {
     if source == Errno::ENOTTY || source == Errno::EINVAL {
-        DirtyError::KernelLacks { feature: "PAGEMAP_SCAN", needs: "Linux 6.7" }
+        DirtyError::KernelLacks {
+            feature: "PAGEMAP_SCAN",
+            needs: "Linux 6.7",
+        }
     } else {
-        DirtyError::Os { op: "ioctl(PAGEMAP_SCAN)", source }
+        DirtyError::Os {
+            op: "ioctl(PAGEMAP_SCAN)",
+            source,
+        }
     }
 }
 

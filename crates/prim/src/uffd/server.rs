@@ -30,7 +30,10 @@ struct Stats {
 
 impl core::fmt::Debug for Server {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Server").field("faults", &self.faults()).field("errors", &self.errors()).finish()
+        f.debug_struct("Server")
+            .field("faults", &self.faults())
+            .field("errors", &self.errors())
+            .finish()
     }
 }
 
@@ -44,8 +47,13 @@ impl Server {
     where
         F: FnMut(&UserFault, &Uffd) -> Result<(), UffdError> + Send + 'static,
     {
-        assert_eq!(uffd.delivery(), Delivery::Messages, "a Server serves message delivery");
-        let (stop_rx, stop_tx) = mem::pipe().map_err(|source| UffdError::Os { op: "pipe", source })?;
+        assert_eq!(
+            uffd.delivery(),
+            Delivery::Messages,
+            "a Server serves message delivery"
+        );
+        let (stop_rx, stop_tx) =
+            mem::pipe().map_err(|source| UffdError::Os { op: "pipe", source })?;
         let stats = Arc::new(Stats::default());
         let st = stats.clone();
         let thread = std::thread::Builder::new()
@@ -53,9 +61,15 @@ impl Server {
             .spawn(move || serve(&uffd, &stop_rx, &st, &mut handler))
             .map_err(|e| UffdError::Os {
                 op: "spawn",
-                source: vmprim_sys::Errno::from_raw(e.raw_os_error().unwrap_or(vmprim_sys::Errno::EAGAIN.raw())),
+                source: vmprim_sys::Errno::from_raw(
+                    e.raw_os_error().unwrap_or(vmprim_sys::Errno::EAGAIN.raw()),
+                ),
             })?;
-        Ok(Self { thread: Some(thread), stop: Some(stop_tx), stats })
+        Ok(Self {
+            thread: Some(thread),
+            stop: Some(stop_tx),
+            stats,
+        })
     }
 
     /// Faults served so far.

@@ -66,7 +66,10 @@ impl PageLen {
     /// wrong value is a bug, not undefined behaviour: the kernel refuses
     /// unaligned lengths.
     pub fn new_unchecked(bytes: usize) -> Self {
-        debug_assert!(bytes != 0 && bytes.is_multiple_of(page_size()), "{bytes:#x}");
+        debug_assert!(
+            bytes != 0 && bytes.is_multiple_of(page_size()),
+            "{bytes:#x}"
+        );
         Self(bytes)
     }
 

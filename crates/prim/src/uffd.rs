@@ -227,7 +227,11 @@ pub enum Scope {
 /// A userfaultfd with negotiated features.
 pub struct Uffd {
     fd: OwnedFd,
+    /// The features enabled on this descriptor.
     features: Features,
+    /// Every feature the kernel offers (what `UFFDIO_API` reports, whatever
+    /// was enabled): what the ioctls of [`need`](Self::need) require.
+    kernel: Features,
     delivery: Delivery,
     scope: Scope,
     ranges: Mutex<Vec<(usize, usize)>>,
@@ -281,9 +285,16 @@ impl Uffd {
             op: "UFFDIO_API",
             source,
         })?;
+        // The kernel turns on WP_UNPOPULATED with WP_ASYNC.
+        let granted = if wanted.contains(Features::WP_ASYNC) {
+            wanted | Features::WP_UNPOPULATED
+        } else {
+            wanted
+        };
         Ok(Self {
             fd,
-            features: Features(api.features),
+            features: granted,
+            kernel: Features(api.features),
             delivery,
             scope,
             ranges: Mutex::new(Vec::new()),
@@ -414,8 +425,16 @@ impl Uffd {
         )
     }
 
-    /// Marks missing pages poisoned: touching them raises `SIGBUS`
-    /// ([`Cause::Poisoned`](crate::trap::Cause::Poisoned)). Async-signal-safe.
+    /// Marks missing pages poisoned: touching them raises `SIGBUS`, whatever
+    /// the delivery. Async-signal-safe.
+    ///
+    /// The cause is [`Cause::Poisoned`](crate::trap::Cause::Poisoned) on
+    /// kernels built with `CONFIG_MEMORY_FAILURE`; without it the kernel
+    /// reports `BUS_ADRERR` ([`Cause::BusAddress`](crate::trap::Cause::BusAddress)),
+    /// as for a missing page under [`Delivery::Sigbus`]. Filling a poisoned
+    /// page fails with `EEXIST`, which [`zeropage`](Self::zeropage) and
+    /// [`copy`](Self::copy) report as success: a handler that fills it
+    /// faults again.
     pub fn poison(&self, start: usize, len: usize, wake: Wake) -> Result<usize, UffdError> {
         check_addr_range(start, len)?;
         self.need(Features::POISON)?;
@@ -481,7 +500,7 @@ impl Uffd {
     }
 
     fn need(&self, f: Features) -> Result<(), UffdError> {
-        match self.features.first_missing(f) {
+        match self.kernel.first_missing(f) {
             None => Ok(()),
             Some((feature, needs)) => Err(UffdError::KernelLacks { feature, needs }),
         }

@@ -25,6 +25,17 @@ impl Prot {
         self.0
     }
 
+    /// `self` without the permissions of `other`.
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// The protection with these `mprotect(2)` bits (read, write, exec;
+    /// others are dropped).
+    pub const fn from_bits_truncate(bits: i32) -> Self {
+        Self(bits & (prot::READ | prot::WRITE | prot::EXEC))
+    }
+
     /// Whether every permission of `other` is in `self`.
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
@@ -66,6 +77,15 @@ mod tests {
         assert_eq!(format!("{:?}", Prot::READ_WRITE), "rw-");
         assert_eq!(format!("{:?}", Prot::NONE), "---");
         assert_eq!(format!("{:?}", Prot::READ | Prot::EXEC), "r-x");
+    }
+
+    #[test]
+    fn without_and_from_bits() {
+        assert_eq!(Prot::READ_WRITE.without(Prot::WRITE), Prot::READ);
+        assert_eq!(
+            Prot::from_bits_truncate(0x7 | 0x100),
+            Prot::READ_WRITE | Prot::EXEC
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ const NO_PAGE: usize = usize::MAX;
 #[derive(Debug)]
 pub struct Options {
     json: bool,
+    /// The reference source, if found or given.
     reference: Option<PathBuf>,
+    /// `--no-reference` was given.
+    skip_reference: bool,
 }
 
 impl Options {
@@ -35,12 +38,13 @@ impl Options {
         let mut o = Options {
             json: false,
             reference: reference::default_source(),
+            skip_reference: false,
         };
         let mut it = args.iter();
         while let Some(&a) = it.next() {
             match a {
                 "--json" => o.json = true,
-                "--no-reference" => o.reference = None,
+                "--no-reference" => o.skip_reference = true,
                 "--reference" => {
                     o.reference = Some(it.next().context("--reference needs a file")?.into())
                 }
@@ -70,7 +74,7 @@ struct Figures {
 
 /// Runs the suite and prints the table (or the JSON object).
 pub fn run(o: &Options) -> Result<()> {
-    let with_ref = !o.json && o.reference.is_some();
+    let with_ref = !o.json && !o.skip_reference && o.reference.is_some();
     let mut progress = Progress::new(12 + usize::from(with_ref));
     let raw = match (&o.reference, with_ref) {
         (Some(src), true) => {
@@ -84,7 +88,7 @@ pub fn run(o: &Options) -> Result<()> {
     if o.json {
         println!("{}", json(&f));
     } else {
-        print_table(&f, raw.as_ref(), o.reference.is_none());
+        print_table(&f, raw.as_ref(), o.skip_reference);
     }
     Ok(())
 }

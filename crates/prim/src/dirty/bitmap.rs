@@ -26,6 +26,11 @@ impl Bitmap {
         self.words[i / 64].fetch_or(1 << (i % 64), SeqCst);
     }
 
+    /// Whether page `i` is marked dirty.
+    pub(super) fn is_set(&self, i: usize) -> bool {
+        self.words[i / 64].load(SeqCst) & (1 << (i % 64)) != 0
+    }
+
     /// Takes every set bit, clearing it, and appends the runs to `out` in
     /// page order.
     pub(super) fn take_into(&self, out: &mut Vec<PageRun>) {

@@ -163,6 +163,20 @@ pub trait DirtyTracker: Send + fmt::Debug {
     /// order, and starts a new interval.
     fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError>;
 
+    /// Sets the protection of `offset..offset + len` of the tracked range
+    /// (offsets from its start) to `prot`, as
+    /// [`Region::protect`](crate::Region::protect) would, without breaking
+    /// tracking.
+    ///
+    /// While a range is tracked, change its protection only through this:
+    /// the trap backend keeps clean pages read-only itself, and a plain
+    /// `mprotect` that made one writable would let its writes go unseen.
+    /// (The userfaultfd backends keep their write protection apart from
+    /// `mprotect`, so for them this is a plain protect.) A write to a page
+    /// whose protection forbids it is not the tracker's: it goes to the
+    /// handler installed before vmprim, or kills the process.
+    fn protect(&mut self, offset: usize, len: usize, prot: crate::Prot) -> Result<(), DirtyError>;
+
     /// [`collect_into`](Self::collect_into) a new vector.
     fn collect(&mut self) -> Result<Vec<PageRun>, DirtyError> {
         let mut out = Vec::new();
@@ -221,6 +235,23 @@ fn push_page(out: &mut Vec<PageRun>, first: usize, count: usize) {
 
 fn pages_of(len: usize) -> usize {
     len / page_size()
+}
+
+/// `protect` for backends whose write tracking is independent of
+/// `mprotect`: checks the range against the tracked one and protects.
+fn protect_plain(
+    region: &Region,
+    start: usize,
+    len: usize,
+    offset: usize,
+    plen: usize,
+    prot: crate::Prot,
+) -> Result<(), DirtyError> {
+    check_within(offset, plen, len)?;
+    let region_offset = start - region.as_ptr() as usize + offset;
+    region
+        .protect(region_offset, plen, prot)
+        .map_err(|e| trap_backend::region_os(e, "mprotect"))
 }
 
 #[cfg(test)]

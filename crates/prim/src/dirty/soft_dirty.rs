@@ -91,6 +91,10 @@ impl DirtyTracker for SoftDirtyTracker {
         (self.start, self.len)
     }
 
+    fn protect(&mut self, offset: usize, len: usize, prot: Prot) -> Result<(), DirtyError> {
+        super::protect_plain(&self._region, self.start, self.len, offset, len, prot)
+    }
+
     fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError> {
         out.clear();
         let pages = pages_of(self.len);

@@ -244,51 +244,80 @@ fn no_write_is_lost_to_a_racing_collection() {
 }
 
 mod model {
+    //! Random protect / unprotect / write / read / collect sequences, checked
+    //! against a model (page contents, protections, dirty set) for every
+    //! backend.
     use super::*;
     use proptest::prelude::*;
+
+    const PAGES: usize = 24;
 
     #[derive(Clone, Debug)]
     enum Op {
         Write(usize, u8),
         Read(usize),
+        Protect(usize, usize, Prot),
         Collect,
     }
 
-    fn op(pages: usize) -> impl Strategy<Value = Op> {
+    fn op() -> impl Strategy<Value = Op> {
+        let prot = prop_oneof![Just(Prot::NONE), Just(Prot::READ), Just(Prot::READ_WRITE)];
         prop_oneof![
-            4 => (0..pages, any::<u8>()).prop_map(|(p, v)| Op::Write(p, v)),
-            2 => (0..pages).prop_map(Op::Read),
+            6 => (0..PAGES, any::<u8>()).prop_map(|(p, v)| Op::Write(p, v)),
+            2 => (0..PAGES).prop_map(Op::Read),
+            2 => (0..PAGES, 1..6usize, prot).prop_map(|(p, n, prot)| Op::Protect(p, n.min(PAGES - p), prot)),
             1 => Just(Op::Collect),
         ]
     }
 
     fn run(b: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
-        let n = 24;
-        let (r, mut t) = setup(b, n);
-        let mut data = vec![0u8; n];
-        let mut dirty = vec![false; n];
+        let (r, mut t) = setup(b, PAGES);
+        let mut data = [0u8; PAGES];
+        let mut prot = [Prot::READ_WRITE; PAGES];
+        let mut dirty = [false; PAGES];
+        let at = |p: usize| p * page_size() + 9;
         for o in ops {
             match *o {
-                Op::Write(p, v) => {
-                    r.write_u8(p * page_size() + 9, v).unwrap();
+                // Only accesses the protection allows: others are not the
+                // tracker's and would end the process.
+                Op::Write(p, v) if prot[p] == Prot::READ_WRITE => {
+                    r.write_u8(at(p), v).unwrap();
                     data[p] = v;
                     dirty[p] = true;
                 }
-                Op::Read(p) => prop_assert_eq!(r.read_u8(p * page_size() + 9).unwrap(), data[p]),
+                Op::Read(p) if prot[p].contains(Prot::READ) => {
+                    prop_assert_eq!(r.read_u8(at(p)).unwrap(), data[p], "{}: page {}", b, p)
+                }
+                Op::Write(..) | Op::Read(_) => {}
+                Op::Protect(p, n, pr) => {
+                    t.protect(p * page_size(), n * page_size(), pr).unwrap();
+                    prot[p..p + n].fill(pr);
+                }
                 Op::Collect => {
-                    let want: Vec<usize> = (0..n).filter(|&p| dirty[p]).collect();
+                    let want: Vec<usize> = (0..PAGES).filter(|&p| dirty[p]).collect();
                     prop_assert_eq!(pages(&t.collect().unwrap()), want, "{}", b);
                     dirty.fill(false);
                 }
             }
         }
+        // Back to read-write: every page's data is intact.
+        t.protect(0, PAGES * page_size(), Prot::READ_WRITE).unwrap();
+        for (p, &want) in data.iter().enumerate() {
+            prop_assert_eq!(
+                r.read_u8(at(p)).unwrap(),
+                want,
+                "{}: page {} at the end",
+                b,
+                p
+            );
+        }
         Ok(())
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(96))]
         #[test]
-        fn every_backend_matches_the_model(ops in proptest::collection::vec(op(24), 0..60)) {
+        fn every_backend_matches_the_model(ops in proptest::collection::vec(op(), 0..80)) {
             for b in Backend::ALL {
                 if usable(b) {
                     run(b, &ops)?;
@@ -296,4 +325,37 @@ mod model {
             }
         }
     }
+}
+
+#[test]
+fn protect_checks_its_range() {
+    each_backend(|b| {
+        let (_r, mut t) = setup(b, 4);
+        assert!(matches!(
+            t.protect(0, 5 * page_size(), Prot::READ),
+            Err(DirtyError::Range(RangeError::OutOfRange { .. }))
+        ));
+        assert!(matches!(
+            t.protect(1, page_size(), Prot::READ),
+            Err(DirtyError::Range(RangeError::NotPageAligned { .. }))
+        ));
+    });
+}
+
+/// A page the program made read-only and then writable again is still
+/// tracked (a plain mprotect would have made it writable and clean).
+#[test]
+fn protect_then_unprotect_keeps_tracking() {
+    each_backend(|b| {
+        let (r, mut t) = setup(b, 4);
+        t.protect(0, 4 * page_size(), Prot::READ).unwrap();
+        t.protect(0, 4 * page_size(), Prot::READ_WRITE).unwrap();
+        r.write_u8(2 * page_size(), 1).unwrap();
+        assert_eq!(pages(&t.collect().unwrap()), [2], "{b}");
+        t.protect(2 * page_size(), page_size(), Prot::NONE).unwrap();
+        t.protect(2 * page_size(), page_size(), Prot::READ_WRITE)
+            .unwrap();
+        r.write_u8(2 * page_size(), 2).unwrap();
+        assert_eq!(pages(&t.collect().unwrap()), [2], "{b}");
+    });
 }

@@ -6,7 +6,7 @@ use super::{pages_of, Backend, DirtyError, DirtyTracker, PageRun};
 use crate::range::page_size;
 use crate::trap::{self, Cause, Outcome, Registration};
 use crate::uffd::{Delivery, Features, Mode, Uffd, Wake};
-use crate::Region;
+use crate::{Prot, Region};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -70,6 +70,10 @@ impl DirtyTracker for UffdWpTracker {
 
     fn range(&self) -> (usize, usize) {
         (self.start, self.len)
+    }
+
+    fn protect(&mut self, offset: usize, len: usize, prot: Prot) -> Result<(), DirtyError> {
+        super::protect_plain(&self.region, self.start, self.len, offset, len, prot)
     }
 
     fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError> {

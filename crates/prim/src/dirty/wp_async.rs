@@ -5,7 +5,7 @@
 use super::{push_page, Backend, DirtyError, DirtyTracker, PageRun};
 use crate::range::page_size;
 use crate::uffd::{Delivery, Features, Mode, Uffd};
-use crate::Region;
+use crate::{Prot, Region};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use vmprim_sys::pagemap::{self, category, PageRegion, PmScanArg};
@@ -60,6 +60,10 @@ impl DirtyTracker for WpAsyncTracker {
 
     fn range(&self) -> (usize, usize) {
         (self.start, self.len)
+    }
+
+    fn protect(&mut self, offset: usize, len: usize, prot: Prot) -> Result<(), DirtyError> {
+        super::protect_plain(&self._region, self.start, self.len, offset, len, prot)
     }
 
     fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError> {

@@ -25,9 +25,11 @@
 //! a mutex that the handler never takes. Each slot has an `active` count of
 //! handlers running in it: the handler raises it before it loads the slot's
 //! entry, and unregistering clears the entry and then waits for the count to
-//! fall to zero before freeing the entry. With both sides sequentially
-//! consistent, a handler either sees the entry cleared or is waited for, so
-//! an entry is never freed under a running handler. Unregistering while other
+//! fall to zero before freeing the entry. A `SeqCst` fence on each side
+//! between its write and its read (a Dekker pattern) means a handler either
+//! sees the entry cleared or is waited for, so an entry is never freed under
+//! a running handler. `tests/loom_slot.rs` checks the protocol
+//! (`slot.rs`, compiled with loom's atomics) under every interleaving. Unregistering while other
 //! threads fault is therefore safe; a handler must not drop its own
 //! registration (it would wait for itself).
 //!
@@ -167,27 +169,29 @@ struct Entry {
     handler: Box<HandlerFn>,
 }
 
-struct Slot {
-    /// Hints for a cheap first test; the entry's own bounds decide.
-    start: AtomicUsize,
-    end: AtomicUsize,
-    entry: AtomicPtr<Entry>,
-    /// Handlers running with this slot's entry.
-    active: AtomicUsize,
-}
-
-impl Slot {
-    const fn new() -> Self {
-        Self {
-            start: AtomicUsize::new(0),
-            end: AtomicUsize::new(0),
-            entry: AtomicPtr::new(core::ptr::null_mut()),
-            active: AtomicUsize::new(0),
-        }
+impl slot::Ranged for Entry {
+    fn range(&self) -> (usize, usize) {
+        (self.start, self.end)
     }
 }
 
-static SLOTS: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
+mod slot;
+use slot::Slot;
+
+/// The atomics the slot protocol uses (loom's, in `tests/loom_slot.rs`).
+mod sync {
+    pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
+    pub(crate) use std::thread::yield_now;
+}
+
+static SLOTS: [Slot<Entry>; CAPACITY] = [const {
+    Slot {
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        entry: AtomicPtr::new(core::ptr::null_mut()),
+        active: AtomicUsize::new(0),
+    }
+}; CAPACITY];
 /// One past the highest slot ever used: the handler scans `SLOTS[..HIGH]`.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// Serialises writers of `SLOTS` and the installation of the handlers.
@@ -240,10 +244,10 @@ where
             return Err(e);
         }
     };
-    let s = &SLOTS[slot];
-    s.start.store(start, SeqCst);
-    s.end.store(end, SeqCst);
-    s.entry.store(entry, SeqCst);
+    // SAFETY: `entry` is a fresh Box that only `Registration::drop` frees,
+    // after `retire`; WRITERS is held and `claim_slot_locked` found the slot
+    // free.
+    unsafe { SLOTS[slot].publish(entry) };
     HIGH.fetch_max(slot + 1, SeqCst);
     Ok(Registration { slot, start, end })
 }
@@ -254,7 +258,7 @@ where
 fn claim_slot_locked(start: usize, end: usize) -> Result<usize, TrapError> {
     let mut free = None;
     for (i, s) in SLOTS.iter().enumerate() {
-        let e = s.entry.load(SeqCst);
+        let e = s.peek();
         if e.is_null() {
             free = free.or(Some(i));
             continue;
@@ -332,13 +336,7 @@ impl fmt::Debug for Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let _guard = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
-        let s = &SLOTS[self.slot];
-        let entry = s.entry.swap(core::ptr::null_mut(), SeqCst);
-        s.start.store(0, SeqCst);
-        s.end.store(0, SeqCst);
-        while s.active.load(SeqCst) != 0 {
-            std::thread::yield_now();
-        }
+        let entry = SLOTS[self.slot].retire();
         debug_assert!(!entry.is_null());
         // SAFETY: the entry was published by `register` from Box::into_raw;
         // it is unpublished now and no handler is running with it (active
@@ -350,24 +348,10 @@ impl Drop for Registration {
 /// Runs the handler whose range holds `fault.addr`, if any.
 fn dispatch(fault: &Fault) -> Outcome {
     let high = HIGH.load(Acquire);
-    for s in &SLOTS[..high] {
-        let addr = fault.addr;
-        if addr < s.start.load(Relaxed) || addr >= s.end.load(Relaxed) {
-            continue;
-        }
-        s.active.fetch_add(1, SeqCst);
-        let e = s.entry.load(SeqCst);
-        // SAFETY: a non-null entry loaded after raising `active` stays alive
-        // until `active` falls back (see the module docs).
-        let outcome = unsafe { e.as_ref() }
-            .filter(|e| e.start <= addr && addr < e.end)
-            .map(|e| (e.handler)(fault));
-        s.active.fetch_sub(1, SeqCst);
-        if let Some(outcome) = outcome {
-            return outcome;
-        }
-    }
-    Outcome::NotOurs
+    SLOTS[..high]
+        .iter()
+        .find_map(|s| s.with(fault.addr, |e| (e.handler)(fault)))
+        .unwrap_or(Outcome::NotOurs)
 }
 
 extern "C" fn on_fault(sig: i32, info: *mut sys::siginfo_t, ctx: *mut c_void) {

@@ -454,3 +454,112 @@ fn the_registry_reports_full() {
         );
     }
 }
+
+/// Installs a seccomp filter that refuses userfaultfd the ways a sandbox
+/// does: `userfaultfd(2)` and `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd`
+/// fail with `EPERM`. Everything else is allowed.
+fn refuse_userfaultfd_with_seccomp() {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+    const USERFAULTFD_IOC_NEW: u32 = 0xAA00;
+    // Offsets in struct seccomp_data: nr, arch, ip, args[6]; args[1]'s low
+    // word (little-endian) is the ioctl request.
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
+    const ARG1_LO: u32 = 24;
+    let ld = |k| libc::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k,
+    }; // BPF_LD|BPF_W|BPF_ABS
+    let jeq = |k, jt, jf| libc::sock_filter {
+        code: 0x15,
+        jt,
+        jf,
+        k,
+    }; // BPF_JMP|BPF_JEQ|BPF_K
+    let ret = |k| libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k,
+    }; // BPF_RET|BPF_K
+    let mut prog = [
+        ld(ARCH),
+        jeq(AUDIT_ARCH, 0, 5), // other arch: allow
+        ld(NR),
+        jeq(libc::SYS_userfaultfd as u32, 4, 0), // deny
+        jeq(libc::SYS_ioctl as u32, 0, 2),       // not ioctl: allow
+        ld(ARG1_LO),
+        jeq(USERFAULTFD_IOC_NEW, 1, 0), // deny
+        ret(RET_ALLOW),
+        ret(RET_EPERM),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: NO_NEW_PRIVS takes integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "prctl(PR_SET_NO_NEW_PRIVS)");
+    // SAFETY: `fprog` points to a valid filter program that outlives the
+    // call (the kernel copies it).
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    assert_eq!(r, 0, "prctl(PR_SET_SECCOMP)");
+}
+
+/// Where userfaultfd is refused, vmprim says so (naming the sysctl), reports
+/// the signal mechanisms as the ones in use, and DIRTY falls back to traps.
+#[test]
+fn where_userfaultfd_is_refused_vmprim_falls_back_to_signals() {
+    use std::sync::Arc;
+    use vmprim_prim::dirty::{self, Backend, Choice, DirtyError};
+    use vmprim_prim::uffd::{Uffd, UffdError};
+    const TEST: &str = "where_userfaultfd_is_refused_vmprim_falls_back_to_signals";
+    let Some(out) = in_child(TEST, || {
+        refuse_userfaultfd_with_seccomp();
+        let err = Uffd::available().expect_err("seccomp refuses userfaultfd");
+        assert!(matches!(err, UffdError::Refused { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("vm.unprivileged_userfaultfd"),
+            "{err}"
+        );
+        let m = vmprim_prim::mechanisms();
+        assert!(m.signal.is_yes());
+        assert!(!m.uffd_sigbus.is_yes() && !m.uffd_thread.is_yes() && !m.uffd_wp.is_yes());
+        assert!(m.to_string().contains("vm.unprivileged_userfaultfd"), "{m}");
+        assert_eq!(m.dirty_best, Backend::Trap);
+
+        let p = page_size();
+        let region = Arc::new(Region::new(8 * p, Prot::READ_WRITE).unwrap());
+        let forced = dirty::track(&region, 0, region.len(), Choice::Force(Backend::WpAsync));
+        assert!(
+            matches!(forced, Err(DirtyError::Uffd(UffdError::Refused { .. }))),
+            "{forced:?}"
+        );
+        let mut t = dirty::track(&region, 0, region.len(), Choice::Best).unwrap();
+        assert_eq!(
+            t.backend(),
+            Backend::Trap,
+            "the fallback says which it uses"
+        );
+        region.write_u8(5 * p, 1).unwrap();
+        let runs = t.collect().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].pages(), 5..6);
+    }) else {
+        return;
+    };
+    assert_exit_code(&out, 0);
+}

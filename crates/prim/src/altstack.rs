@@ -45,6 +45,37 @@ pub struct AltStack {
 
 impl AltStack {
     /// Installs a [`DEFAULT_SIZE`] alternate stack for the calling thread.
+    ///
+    /// # Examples
+    /// Each thread installs its own, and keeps the guard alive while it may
+    /// fault. A trap handler then runs on that stack: here it records where
+    /// a local of its frame lies (an atomic store, as signal context allows).
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// use std::sync::Arc;
+    /// use vmprim_prim::altstack::AltStack;
+    /// use vmprim_prim::{page_size, trap, Prot, Region};
+    ///
+    /// std::thread::spawn(|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     let stack = AltStack::install()?;
+    ///     let p = page_size();
+    ///     let region = Arc::new(Region::new(p, Prot::NONE)?);
+    ///     let (r, frame) = (region.clone(), Arc::new(AtomicUsize::new(0)));
+    ///     let f = frame.clone();
+    ///     let _reg = trap::register(region.as_ptr() as usize, region.len(), move |_| {
+    ///         let local = 0u8;
+    ///         f.store((&raw const local).addr(), Relaxed);
+    ///         r.unprot(0, p).map_or(trap::Outcome::NotOurs, |()| trap::Outcome::Resolved)
+    ///     })?;
+    ///     region.write_u8(0, 1)?;
+    ///     let (base, size) = stack.stack();
+    ///     assert!((base as usize..base as usize + size).contains(&frame.load(Relaxed)));
+    ///     Ok(())
+    /// })
+    /// .join()
+    /// .expect("the thread panicked")?;
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
     pub fn install() -> Result<Self, AltStackError> {
         Self::with_size(DEFAULT_SIZE)
     }
@@ -119,6 +150,23 @@ thread_local! {
 /// Gives the calling thread an alternate stack of at least `size` bytes for
 /// the rest of its life, unless it already has one at least that large.
 /// Returns the stack in use.
+///
+/// # Examples
+/// Call it first thing in each thread that may fault where its stack could
+/// have run out; the stack stays until the thread exits.
+/// ```
+/// use vmprim_prim::altstack::{self, AltStackError};
+///
+/// std::thread::spawn(|| -> Result<(), AltStackError> {
+///     let (base, size) = altstack::ensure(128 * 1024)?;
+///     assert!(!base.is_null() && size >= 128 * 1024);
+///     assert_eq!(altstack::ensure(64 * 1024)?, (base, size)); // large enough: kept
+///     Ok(())
+/// })
+/// .join()
+/// .expect("the thread panicked")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn ensure(size: usize) -> Result<(*mut u8, usize), AltStackError> {
     if let Some((base, have)) = signal::altstack().map_err(|source| AltStackError::Os {
         op: "sigaltstack",

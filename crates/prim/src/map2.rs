@@ -41,6 +41,25 @@ pub struct SharedMemory {
 impl SharedMemory {
     /// Creates `len` bytes (a multiple of the page size) of zero-filled
     /// shared memory.
+    ///
+    /// # Examples
+    /// Two views at two addresses show the same pages:
+    /// ```
+    /// use vmprim_prim::map2::{Map2Error, SharedMemory};
+    /// use vmprim_prim::{page_size, Prot, RangeError};
+    ///
+    /// let p = page_size();
+    /// let shm = SharedMemory::new(2 * p)?;
+    /// let (a, b) = (shm.map(Prot::READ_WRITE)?, shm.map(Prot::READ)?);
+    /// assert_ne!(a.as_ptr(), b.as_ptr());
+    /// a.write_u8(p + 3, 42)?;
+    /// assert_eq!(b.read_u8(p + 3)?, 42);
+    /// assert!(matches!(
+    ///     SharedMemory::new(p + 1),
+    ///     Err(Map2Error::Range(RangeError::NotPageAligned { .. }))
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(len: usize) -> Result<Arc<Self>, Map2Error> {
         let len = PageLen::new(len)?;
         let fd = mem::memfd_create(c"vmprim-map2").map_err(|source| Map2Error::Os {
@@ -65,6 +84,19 @@ impl SharedMemory {
     }
 
     /// Maps all of it at an address the kernel picks, with protection `prot`.
+    ///
+    /// # Examples
+    /// A view keeps the memory alive: the handle can go at once.
+    /// ```
+    /// use vmprim_prim::map2::SharedMemory;
+    /// use vmprim_prim::{page_size, Prot};
+    ///
+    /// let view = SharedMemory::new(page_size())?.map(Prot::READ_WRITE)?;
+    /// assert_eq!((view.len(), view.read_u8(0)?), (page_size(), 0)); // zero-filled
+    /// view.write_u8(0, 1)?;
+    /// assert_eq!(view.read_u8(0)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map(self: &Arc<Self>, prot: Prot) -> Result<View, Map2Error> {
         let ptr =
             mem::mmap_shared(self.len(), prot.bits(), self.fd.as_fd(), 0).map_err(|source| {
@@ -86,6 +118,24 @@ impl SharedMemory {
     /// The region keeps owning the address range (and unmaps it when
     /// dropped); the pages it shows there are this memory's until replaced
     /// again. Async-signal-safe: a fault handler may call it.
+    ///
+    /// # Examples
+    /// Show page 1 of the memory at page 4 of a reserved region:
+    /// ```
+    /// use vmprim_prim::map2::SharedMemory;
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::reserve(8 * p)?;
+    /// let shm = SharedMemory::new(2 * p)?;
+    /// let view = shm.map(Prot::READ_WRITE)?;
+    /// view.write_u8(p, 9)?;
+    /// shm.map_into(&region, 4 * p, p, p, Prot::READ)?;
+    /// assert_eq!(region.read_u8(4 * p)?, 9);
+    /// view.write_u8(p, 10)?;
+    /// assert_eq!(region.read_u8(4 * p)?, 10); // the same page, not a copy
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map_into(
         &self,
         region: &Region,
@@ -148,6 +198,33 @@ impl View {
 
     /// Sets the protection of `offset..offset + len` of this view only; other
     /// views keep theirs. Async-signal-safe.
+    ///
+    /// # Examples
+    /// The seed's use of MAP2: one view stays writable for the thread doing
+    /// the work, while touches through a protected view trap. The handler
+    /// runs in signal context and only protects and counts.
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// use std::sync::Arc;
+    /// use vmprim_prim::map2::SharedMemory;
+    /// use vmprim_prim::{page_size, trap, Prot};
+    ///
+    /// let p = page_size();
+    /// let shm = SharedMemory::new(p)?;
+    /// let (work, guarded) = (shm.map(Prot::READ_WRITE)?, Arc::new(shm.map(Prot::READ_WRITE)?));
+    /// guarded.protect(0, p, Prot::NONE)?; // this view only
+    /// let (g, traps) = (guarded.clone(), Arc::new(AtomicUsize::new(0)));
+    /// let t = traps.clone();
+    /// let _reg = trap::register(guarded.as_ptr() as usize, p, move |_| {
+    ///     t.fetch_add(1, Relaxed);
+    ///     g.protect(0, p, Prot::READ).map_or(trap::Outcome::NotOurs, |()| trap::Outcome::Resolved)
+    /// })?;
+    /// work.write_u8(0, 5)?; // no trap
+    /// assert_eq!(traps.load(Relaxed), 0);
+    /// assert_eq!(guarded.read_u8(0)?, 5); // traps once, then sees the write
+    /// assert_eq!(traps.load(Relaxed), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn protect(&self, offset: usize, len: usize, prot: Prot) -> Result<(), Map2Error> {
         check_within(offset, len, self.len)?;
         // SAFETY: inside our mapping; no references into it exist.

@@ -40,6 +40,24 @@ pub struct Mechanisms {
 }
 
 /// Detects what this kernel and process allow.
+///
+/// Call it outside signal handlers (it allocates). The first call probes
+/// userfaultfd and soft-dirty bits, which clears the soft-dirty bits of the
+/// whole process; later calls reuse the answers.
+///
+/// # Examples
+/// ```
+/// use vmprim_prim::{mechanisms, Availability};
+///
+/// let m = mechanisms();
+/// assert!(m.signal.is_yes()); // SIGSEGV traps work everywhere
+/// if let Availability::No(why) = &m.uffd_sigbus {
+///     eprintln!("no in-thread userfaultfd here: {why}");
+/// }
+/// let best = m.dirty.iter().find(|(backend, _)| *backend == m.dirty_best);
+/// assert!(best.is_some_and(|(_, available)| available.is_yes()));
+/// assert!(m.to_string().contains(&format!("DIRTY  best: {}", m.dirty_best)));
+/// ```
 pub fn mechanisms() -> Mechanisms {
     let uffd = Uffd::available();
     let features = uffd.as_ref().copied().unwrap_or_default();

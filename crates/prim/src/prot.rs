@@ -5,6 +5,21 @@ use core::ops::{BitOr, BitOrAssign};
 use vmprim_sys::mem::prot;
 
 /// Page protection: a set of read, write and execute permissions.
+///
+/// # Examples
+/// Protections combine like flags and print like `ls -l`. The hardware
+/// cannot make a page writable but not readable (on x86 and arm64): a page
+/// given [`WRITE`](Self::WRITE) alone can be read too.
+/// ```
+/// use vmprim_prim::Prot;
+///
+/// let rw = Prot::READ | Prot::WRITE;
+/// assert_eq!(rw, Prot::READ_WRITE);
+/// assert!(rw.contains(Prot::READ) && !rw.contains(Prot::EXEC));
+/// assert_eq!(rw.without(Prot::WRITE), Prot::READ);
+/// assert_eq!(format!("{:?}", rw | Prot::EXEC), "rwx");
+/// assert_eq!(Prot::from_bits_truncate(rw.bits() | 0x100), rw); // unknown bits dropped
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Prot(i32);
 

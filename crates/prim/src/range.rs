@@ -11,6 +11,27 @@ pub fn page_size() -> usize {
 }
 
 /// A range was unusable: the domain reason, with the numbers.
+///
+/// Ranges are checked before any system call, so a refused range changed
+/// nothing. The error is `Copy` and carries no heap data: a trap handler can
+/// receive and inspect it.
+///
+/// # Examples
+/// ```
+/// use vmprim_prim::{page_size, Prot, RangeError, Region, RegionError};
+///
+/// let p = page_size();
+/// let region = Region::new(2 * p, Prot::READ_WRITE)?;
+/// let err = region.protect(p, 2 * p, Prot::READ).unwrap_err();
+/// let RegionError::Range(range) = err else { panic!("not a range error: {err}") };
+/// assert_eq!(range, RangeError::OutOfRange { offset: p, len: 2 * p, limit: 2 * p });
+/// assert!(range.to_string().contains("reaches past the end"));
+/// assert!(matches!(
+///     region.protect(1, p, Prot::READ),
+///     Err(RegionError::Range(RangeError::NotPageAligned { what: "offset", value: 1, .. }))
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum RangeError {
     /// An address or length is not a multiple of the page size.
@@ -47,6 +68,21 @@ pub enum RangeError {
 }
 
 /// A byte count that is a non-zero multiple of the page size.
+///
+/// # Examples
+/// Check a length once, where it comes in, and carry the proof in the type:
+/// ```
+/// use vmprim_prim::{page_size, PageLen, RangeError};
+///
+/// let len = PageLen::new(3 * page_size())?;
+/// assert_eq!((len.bytes(), len.pages()), (3 * page_size(), 3));
+/// assert_eq!(PageLen::new(0), Err(RangeError::ZeroLength));
+/// assert!(matches!(
+///     PageLen::new(page_size() + 1),
+///     Err(RangeError::NotPageAligned { what: "length", .. })
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageLen(usize);
 

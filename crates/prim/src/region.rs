@@ -38,6 +38,26 @@ pub enum RegionError {
 /// sets any protection on any page range. All four are async-signal-safe:
 /// they are one `mprotect(2)` and return an [`Errno`]-carrying error without
 /// allocating.
+///
+/// # Examples
+/// Reserve address space, commit part of it, and use it through the volatile
+/// helpers. The helpers check bounds, not protection: touching a page whose
+/// protection forbids the access raises `SIGSEGV`, which kills the process
+/// unless a [`trap`](crate::trap) handler resolves it.
+/// ```
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Region::reserve(4 * p)?; // address space only: no access
+/// region.commit(p, 2 * p, Prot::READ_WRITE)?; // pages 1 and 2 become usable
+/// assert_eq!(region.read_u64(p)?, 0); // zero-filled
+/// region.write_u64(p, 0xfeed)?;
+/// region.protect(p, p, Prot::READ)?; // read-only from now on
+/// assert_eq!(region.read_u64(p)?, 0xfeed);
+/// assert_eq!(region.offset_of(region.as_ptr() as usize + p + 8), Some(p + 8));
+/// assert!(region.write_u8(4 * p, 1).is_err()); // past the end: refused, no access
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Region {
     base: NonNull<u8>,
@@ -145,17 +165,86 @@ impl Region {
     }
 
     /// PROT1: lowers the protection of the one page at `offset` to `prot`.
+    ///
+    /// # Examples
+    /// After PROT1 the first write to the page traps, once: the handler gives
+    /// the page its write access back. It runs in signal context, so it only
+    /// counts with an atomic and calls [`unprot`](Self::unprot).
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// use std::sync::Arc;
+    /// use vmprim_prim::{page_size, trap, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Arc::new(Region::new(4 * p, Prot::READ_WRITE)?);
+    /// let traps = Arc::new(AtomicUsize::new(0));
+    /// let (r, t, base) = (region.clone(), traps.clone(), region.as_ptr() as usize);
+    /// let _reg = trap::register(base, region.len(), move |f| {
+    ///     t.fetch_add(1, Relaxed);
+    ///     r.unprot(f.page - base, p).map_or(trap::Outcome::NotOurs, |()| trap::Outcome::Resolved)
+    /// })?;
+    /// region.prot1(2 * p, Prot::READ)?;
+    /// assert_eq!(region.read_u8(2 * p)?, 0); // reads are still allowed
+    /// region.write_u8(p, 1)?; // other pages keep their access
+    /// assert_eq!(traps.load(Relaxed), 0);
+    /// region.write_u8(2 * p, 1)?; // traps; the handler unprotects; the write runs again
+    /// region.write_u8(2 * p, 2)?;
+    /// assert_eq!(traps.load(Relaxed), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn prot1(&self, offset: usize, prot: Prot) -> Result<(), RegionError> {
         self.protect(offset, page_size(), prot)
     }
 
     /// PROTN: lowers the protection of `len` bytes of pages at `offset` to
     /// `prot` with one call.
+    ///
+    /// # Examples
+    /// The collector's pattern: protect many pages with one call, then
+    /// unprotect each page in the trap handler (in signal context) when the
+    /// program first touches it.
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// use std::sync::Arc;
+    /// use vmprim_prim::{page_size, trap, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Arc::new(Region::new(8 * p, Prot::READ_WRITE)?);
+    /// let traps = Arc::new(AtomicUsize::new(0));
+    /// let (r, t, base) = (region.clone(), traps.clone(), region.as_ptr() as usize);
+    /// let _reg = trap::register(base, region.len(), move |f| {
+    ///     t.fetch_add(1, Relaxed);
+    ///     r.unprot(f.page - base, p).map_or(trap::Outcome::NotOurs, |()| trap::Outcome::Resolved)
+    /// })?;
+    /// region.protn(0, 8 * p, Prot::NONE)?; // one mprotect for all eight pages
+    /// for page in [1, 5, 6, 5] {
+    ///     assert_eq!(region.read_u8(page * p)?, 0);
+    /// }
+    /// assert_eq!(traps.load(Relaxed), 3); // one trap per page touched
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn protn(&self, offset: usize, len: usize, prot: Prot) -> Result<(), RegionError> {
         self.protect(offset, len, prot)
     }
 
     /// UNPROT: makes `offset..offset + len` readable and writable again.
+    ///
+    /// Async-signal-safe: it is what a trap handler usually calls (see
+    /// [`prot1`](Self::prot1)).
+    ///
+    /// # Examples
+    /// Pages left protected still kill the process when touched without a
+    /// trap handler: this example dies of `SIGSEGV` if UNPROT does not work.
+    /// ```
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::new(4 * p, Prot::NONE)?; // every access would fault
+    /// region.unprot(p, 2 * p)?;
+    /// region.write_u8(2 * p + 1, 7)?;
+    /// assert_eq!(region.read_u8(2 * p + 1)?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unprot(&self, offset: usize, len: usize) -> Result<(), RegionError> {
         self.protect(offset, len, Prot::READ_WRITE)
     }

@@ -33,6 +33,20 @@ use vmprim_sys::uffd as sys;
 use vmprim_sys::Errno;
 
 /// A set of userfaultfd features (`UFFD_FEATURE_*`).
+///
+/// # Examples
+/// [`first_missing`](Self::first_missing) turns a feature check into an error
+/// a user can act on: the feature's name and the kernel that brought it.
+/// ```
+/// use vmprim_prim::uffd::Features;
+///
+/// let wanted = Features::WP | Features::SIGBUS;
+/// assert!(wanted.contains(Features::SIGBUS));
+/// assert_eq!(wanted.names().collect::<Vec<_>>(), ["WP (write-protect)", "SIGBUS"]);
+/// let old_kernel = Features::SIGBUS | Features::THREAD_ID;
+/// assert_eq!(old_kernel.first_missing(wanted), Some(("WP (write-protect)", "5.7")));
+/// assert_eq!(old_kernel.first_missing(Features::SIGBUS), None);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Features(u64);
 
@@ -271,6 +285,36 @@ impl Uffd {
     /// Opens a userfaultfd with `features` (plus `SIGBUS` for
     /// [`Delivery::Sigbus`]). Fails with [`UffdError::KernelLacks`] naming
     /// the first feature this kernel does not have.
+    ///
+    /// # Examples
+    /// In-thread resolution: with [`Delivery::Sigbus`] a touch of a missing
+    /// page raises `SIGBUS` in the touching thread, and the range's
+    /// [`trap`](crate::trap) handler fills the page. The handler runs in signal
+    /// context, so the page's contents are prepared before any fault.
+    /// ```
+    /// use std::sync::Arc;
+    /// use vmprim_prim::trap::{self, Cause, Outcome};
+    /// use vmprim_prim::uffd::{Delivery, Features, Mode, Uffd, Wake};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::new(4 * p, Prot::READ_WRITE)?;
+    /// let start = region.as_ptr() as usize;
+    /// let uffd = Arc::new(Uffd::new(Delivery::Sigbus, Features::NONE)?);
+    /// let (u, contents) = (uffd.clone(), vec![7u8; p]); // allocated before any fault
+    /// let _reg = trap::register(start, region.len(), move |f| {
+    ///     if f.cause != Cause::BusAddress {
+    ///         return Outcome::NotOurs;
+    ///     }
+    ///     // No thread sleeps on a SIGBUS fault: nothing to wake.
+    ///     u.copy(f.page, &contents, Wake::No).map_or(Outcome::NotOurs, |_| Outcome::Resolved)
+    /// })?;
+    /// uffd.register(start, region.len(), Mode::MISSING)?; // once the handler is in place
+    /// assert_eq!(region.read_u8(2 * p + 5)?, 7);
+    /// region.write_u8(3 * p, 1)?; // a write is filled first too
+    /// assert_eq!((region.read_u8(3 * p)?, region.read_u8(3 * p + 1)?), (1, 7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(delivery: Delivery, features: Features) -> Result<Self, UffdError> {
         let (available, _) = Self::probe()?;
         let wanted = match delivery {
@@ -388,6 +432,38 @@ impl Uffd {
 
     /// Sets write protection on `start..start + len` (a range registered with
     /// [`Mode::WP`]). Async-signal-safe.
+    ///
+    /// # Examples
+    /// Count the first write to each protected page. Without
+    /// [`Features::WP_UNPOPULATED`] protection only holds on pages that are
+    /// present, so the example writes them first.
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// use std::sync::Arc;
+    /// use vmprim_prim::trap::{self, Outcome};
+    /// use vmprim_prim::uffd::{Delivery, Features, Mode, Uffd, Wake};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::new(2 * p, Prot::READ_WRITE)?;
+    /// let (start, len) = (region.as_ptr() as usize, region.len());
+    /// let uffd = Arc::new(Uffd::new(Delivery::Sigbus, Features::WP)?);
+    /// let (u, writes) = (uffd.clone(), Arc::new(AtomicUsize::new(0)));
+    /// let w = writes.clone();
+    /// let _reg = trap::register(start, len, move |f| {
+    ///     w.fetch_add(1, Relaxed); // in signal context: an atomic, one ioctl
+    ///     u.write_unprotect(f.page, p, Wake::No).map_or(Outcome::NotOurs, |()| Outcome::Resolved)
+    /// })?;
+    /// region.write_u8(0, 1)?;
+    /// region.write_u8(p, 1)?;
+    /// uffd.register(start, len, Mode::WP)?;
+    /// uffd.write_protect(start, len)?;
+    /// assert_eq!(region.read_u8(p)?, 1); // reads are not affected
+    /// region.write_u8(p, 2)?; // traps
+    /// region.write_u8(p, 3)?; // does not: the handler un-protected the page
+    /// assert_eq!((writes.load(Relaxed), region.read_u8(p)?), (1, 3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_protect(&self, start: usize, len: usize) -> Result<(), UffdError> {
         self.writeprotect(start, len, sys::WRITEPROTECT_MODE_WP)
     }
@@ -395,6 +471,34 @@ impl Uffd {
     /// Clears write protection on `start..start + len`, waking the threads
     /// waiting on it as `wake` says. Async-signal-safe: this is how a handler
     /// resolves a write-protect fault.
+    ///
+    /// # Examples
+    /// With [`Delivery::Messages`] the writer sleeps in the kernel until a
+    /// [`Server`] thread un-protects the page, so the call must wake it
+    /// ([`Wake::Yes`]).
+    /// ```
+    /// use std::sync::{mpsc, Arc};
+    /// use vmprim_prim::uffd::{Delivery, Features, Mode, Server, Uffd, Wake};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::new(p, Prot::READ_WRITE)?;
+    /// let start = region.as_ptr() as usize;
+    /// region.write_u8(0, 1)?; // present, so that the protection holds
+    /// let uffd = Arc::new(Uffd::new(Delivery::Messages, Features::WP)?);
+    /// uffd.register(start, p, Mode::WP)?;
+    /// uffd.write_protect(start, p)?;
+    /// let (tx, faults) = mpsc::channel();
+    /// let _server = Server::spawn(uffd, move |fault, uffd| {
+    ///     let _ = tx.send(*fault);
+    ///     uffd.write_unprotect(fault.page, p, Wake::Yes)
+    /// })?;
+    /// region.write_u8(0, 2)?; // sleeps until the server un-protects the page
+    /// let fault = faults.try_recv()?;
+    /// assert!(fault.wp && fault.write && fault.page == start);
+    /// assert_eq!(region.read_u8(0)?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_unprotect(&self, start: usize, len: usize, wake: Wake) -> Result<(), UffdError> {
         self.writeprotect(
             start,

@@ -46,6 +46,22 @@ pub use soft_dirty::soft_dirty_available;
 
 /// A run of dirty pages: `count` pages starting at page `first` of the
 /// tracked range.
+///
+/// # Examples
+/// Page indices count from the start of the tracked range, not of the
+/// region: page `i` of a range tracked from `offset` is at region offset
+/// `offset + i * page_size()`.
+/// ```
+/// use vmprim_prim::dirty::PageRun;
+/// use vmprim_prim::page_size;
+///
+/// let (p, offset) = (page_size(), 16 * page_size());
+/// let runs = [PageRun { first: 1, count: 2 }, PageRun { first: 7, count: 1 }];
+/// let pages = runs.iter().flat_map(PageRun::pages);
+/// let offsets: Vec<usize> = pages.map(|i| offset + i * p).collect();
+/// assert_eq!(offsets, [17 * p, 18 * p, 23 * p]);
+/// assert_eq!(runs[0].pages(), 1..3);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageRun {
     /// Index of the first page, counted from the start of the tracked range.
@@ -175,9 +191,50 @@ pub trait DirtyTracker: Send + fmt::Debug {
     /// `mprotect`, so for them this is a plain protect.) A write to a page
     /// whose protection forbids it is not the tracker's: it goes to the
     /// handler installed before vmprim, or kills the process.
+    ///
+    /// # Examples
+    /// With the trap backend, a plain `region.unprot` here would make the
+    /// page writable for good and its writes would go unseen; through the
+    /// tracker they are still reported.
+    /// ```
+    /// use std::sync::Arc;
+    /// use vmprim_prim::dirty::{self, Backend, Choice, PageRun};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Arc::new(Region::new(4 * p, Prot::READ_WRITE)?);
+    /// let mut tracker = dirty::track(&region, 0, region.len(), Choice::Force(Backend::Trap))?;
+    /// tracker.protect(p, p, Prot::READ)?; // the program's own read-only page
+    /// assert_eq!(region.read_u8(p)?, 0);
+    /// tracker.protect(p, p, Prot::READ_WRITE)?; // writable again, and still tracked
+    /// region.write_u8(p, 1)?;
+    /// assert_eq!(tracker.collect()?, [PageRun { first: 1, count: 1 }]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn protect(&mut self, offset: usize, len: usize, prot: crate::Prot) -> Result<(), DirtyError>;
 
     /// [`collect_into`](Self::collect_into) a new vector.
+    ///
+    /// # Examples
+    /// Get-and-clear: each collection reports the pages written since the
+    /// previous one, however often they were written. (A loop that collects
+    /// often can reuse one vector with [`collect_into`](Self::collect_into).)
+    /// ```
+    /// use std::sync::Arc;
+    /// use vmprim_prim::dirty::{self, Choice, PageRun};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Arc::new(Region::new(4 * p, Prot::READ_WRITE)?);
+    /// let mut tracker = dirty::track(&region, 0, region.len(), Choice::Best)?;
+    /// region.write_u8(2 * p, 1)?;
+    /// region.write_u8(2 * p + 1, 1)?;
+    /// assert_eq!(tracker.collect()?, [PageRun { first: 2, count: 1 }]);
+    /// assert!(tracker.collect()?.is_empty()); // nothing written since
+    /// region.write_u8(2 * p, 2)?;
+    /// assert_eq!(tracker.collect()?, [PageRun { first: 2, count: 1 }]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn collect(&mut self) -> Result<Vec<PageRun>, DirtyError> {
         let mut out = Vec::new();
         self.collect_into(&mut out)?;
@@ -186,6 +243,47 @@ pub trait DirtyTracker: Send + fmt::Debug {
 }
 
 /// Starts tracking writes to `offset..offset + len` of `region`.
+///
+/// # Examples
+/// [`Choice::Best`] picks the cheapest backend this kernel and process
+/// allow; collections report runs of adjacent written pages, in order.
+/// ```
+/// use std::sync::Arc;
+/// use vmprim_prim::dirty::{self, Choice, PageRun};
+/// use vmprim_prim::{mechanisms, page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Arc::new(Region::new(8 * p, Prot::READ_WRITE)?);
+/// let mut tracker = dirty::track(&region, 0, region.len(), Choice::Best)?;
+/// assert_eq!(tracker.backend(), mechanisms().dirty_best);
+/// for offset in [2 * p, 3 * p + 9, 6 * p] {
+///     region.write_u8(offset, 1)?;
+/// }
+/// let runs = tracker.collect()?;
+/// assert_eq!(runs, [PageRun { first: 2, count: 2 }, PageRun { first: 6, count: 1 }]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`Choice::Force`] insists on one backend. Here the trap backend tracks
+/// part of a region; page indices count from the start of the tracked part.
+/// With it, the first write the kernel makes for the program into a clean
+/// page (`read(2)` into it) fails with `EFAULT`: the kernel raises no signal
+/// for its own accesses.
+/// ```
+/// use std::sync::Arc;
+/// use vmprim_prim::dirty::{self, Backend, Choice, PageRun};
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Arc::new(Region::new(4 * p, Prot::READ_WRITE)?);
+/// let mut tracker = dirty::track(&region, p, 2 * p, Choice::Force(Backend::Trap))?;
+/// assert_eq!(tracker.backend(), Backend::Trap);
+/// region.write_u8(0, 1)?; // outside the tracked part: not reported
+/// region.write_u8(2 * p, 1)?; // page 1 of the tracked part
+/// assert_eq!(tracker.collect()?, [PageRun { first: 1, count: 1 }]);
+/// assert!(tracker.collect()?.is_empty()); // collecting cleared it
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn track(
     region: &Arc<Region>,
     offset: usize,

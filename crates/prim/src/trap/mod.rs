@@ -56,6 +56,36 @@ pub use vmprim_sys::signal::Access;
 pub const CAPACITY: usize = 1024;
 
 /// What a handler decided about a fault.
+///
+/// # Examples
+/// Return [`Resolved`](Self::Resolved) only once the access can succeed: the
+/// instruction runs again, and faults again if it still cannot. Here a read
+/// fault opens the page for reads and a write fault for writes, as a tracker
+/// of written pages would.
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+/// use std::sync::Arc;
+/// use vmprim_prim::trap::{self, Access, Outcome};
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Arc::new(Region::new(p, Prot::NONE)?);
+/// let faults = Arc::new(AtomicUsize::new(0));
+/// let (r, n) = (region.clone(), faults.clone());
+/// let _reg = trap::register(region.as_ptr() as usize, p, move |fault| {
+///     n.fetch_add(1, Relaxed);
+///     let prot = if fault.access == Access::Read { Prot::READ } else { Prot::READ_WRITE };
+///     match r.protect(0, p, prot) {
+///         Ok(()) => Outcome::Resolved,
+///         Err(_) => Outcome::NotOurs, // to the previous handler, or the default action
+///     }
+/// })?;
+/// assert_eq!(region.read_u8(0)?, 0); // fault 1: readable now
+/// region.write_u8(0, 1)?; // fault 2: writable now
+/// region.write_u8(0, 2)?; // no fault
+/// assert_eq!(faults.load(Relaxed), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The handler made the access possible: the faulting instruction runs
@@ -77,6 +107,40 @@ pub enum Signal {
 }
 
 /// Why the kernel raised the signal (`si_code`).
+///
+/// # Examples
+/// The cause tells a handler which mechanism to answer with. A page that is
+/// both protected and registered with userfaultfd faults twice on one
+/// access: first for its protection (answered with
+/// [`Region::unprot`](crate::Region::unprot)), then because it has no
+/// contents (answered with [`Uffd::zeropage`](crate::uffd::Uffd::zeropage)).
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+/// use std::sync::Arc;
+/// use vmprim_prim::trap::{self, Cause, Outcome};
+/// use vmprim_prim::uffd::{Delivery, Features, Mode, Uffd, Wake};
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Arc::new(Region::new(p, Prot::NONE)?);
+/// let base = region.as_ptr() as usize;
+/// let uffd = Arc::new(Uffd::new(Delivery::Sigbus, Features::NONE)?);
+/// let faults = Arc::new(AtomicUsize::new(0));
+/// let (r, u, n) = (region.clone(), uffd.clone(), faults.clone());
+/// let _reg = trap::register(base, p, move |f| {
+///     n.fetch_add(1, Relaxed);
+///     let fixed = match f.cause {
+///         Cause::Protection => r.unprot(0, p).is_ok(),
+///         Cause::BusAddress => u.zeropage(base, p, Wake::No).is_ok(),
+///         _ => false,
+///     };
+///     if fixed { Outcome::Resolved } else { Outcome::NotOurs }
+/// })?;
+/// uffd.register(base, p, Mode::MISSING)?;
+/// assert_eq!(region.read_u8(0)?, 0);
+/// assert_eq!(faults.load(Relaxed), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cause {
     /// `SEGV_ACCERR`: the page is mapped but its protection forbids the access.
@@ -95,6 +159,34 @@ pub enum Cause {
 }
 
 /// A fault being dispatched, as its handler sees it.
+///
+/// # Examples
+/// A handler may not allocate, so it copies what it needs out of the
+/// `Fault` into storage prepared beforehand, here atomics.
+/// ```
+/// use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+/// use std::sync::Arc;
+/// use vmprim_prim::trap::{self, Access, Cause, Outcome, Signal};
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Arc::new(Region::new(2 * p, Prot::READ)?);
+/// let base = region.as_ptr() as usize;
+/// let addrs = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]); // addr, page
+/// let write = Arc::new(AtomicBool::new(false));
+/// let (r, a, w) = (region.clone(), addrs.clone(), write.clone());
+/// let _reg = trap::register(base, region.len(), move |f| {
+///     a[0].store(f.addr, Relaxed);
+///     a[1].store(f.page, Relaxed);
+///     let segv_write = f.signal == Signal::Segv && f.access == Access::Write;
+///     w.store(segv_write && f.cause == Cause::Protection, Relaxed);
+///     r.unprot(f.page - base, p).map_or(Outcome::NotOurs, |()| Outcome::Resolved)
+/// })?;
+/// region.write_u8(p + 12, 1)?;
+/// assert_eq!([addrs[0].load(Relaxed), addrs[1].load(Relaxed)], [base + p + 12, base + p]);
+/// assert!(write.load(Relaxed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Fault {
     /// The faulting address.
@@ -223,6 +315,33 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// non-empty and must not overlap another registration. Dropping the
 /// returned [`Registration`] unregisters the range, waiting for handlers
 /// running in it on other threads.
+///
+/// # Examples
+/// Fill pages on first touch: every page starts inaccessible, and the
+/// handler makes the touched page writable and stores its first contents
+/// before the access runs again. The handler runs in signal context: it
+/// calls only async-signal-safe methods and must not allocate or print.
+/// ```
+/// use std::sync::Arc;
+/// use vmprim_prim::trap::{self, Cause, Outcome};
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Arc::new(Region::new(4 * p, Prot::NONE)?);
+/// let (r, base) = (region.clone(), region.as_ptr() as usize);
+/// let _reg = trap::register(base, region.len(), move |fault| {
+///     if fault.cause != Cause::Protection {
+///         return Outcome::NotOurs;
+///     }
+///     let offset = fault.page - base;
+///     let first = 100 + (offset / p) as u64; // the page's initial contents
+///     let filled = r.unprot(offset, p).and_then(|()| r.write_u64(offset, first));
+///     filled.map_or(Outcome::NotOurs, |()| Outcome::Resolved)
+/// })?;
+/// assert_eq!(region.read_u64(3 * p)?, 103);
+/// assert_eq!(region.read_u64(p)?, 101);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn register<F>(start: usize, len: usize, handler: F) -> Result<Registration, TrapError>
 where
     F: Fn(&Fault) -> Outcome + Send + Sync + 'static,
@@ -314,6 +433,26 @@ pub fn is_installed() -> bool {
 }
 
 /// A registered range. Dropping it unregisters the range.
+///
+/// Drop it from any thread but a handler of its own range: dropping waits
+/// for the handlers running in the range, so a handler would wait for itself.
+///
+/// # Examples
+/// ```
+/// use vmprim_prim::trap::{self, Outcome, TrapError};
+/// use vmprim_prim::{page_size, Prot, Region};
+///
+/// let p = page_size();
+/// let region = Region::new(2 * p, Prot::READ_WRITE)?;
+/// let start = region.as_ptr() as usize;
+/// let reg = trap::register(start, 2 * p, |_| Outcome::NotOurs)?;
+/// assert_eq!(reg.range(), start..start + 2 * p);
+/// let overlap = trap::register(start + p, p, |_| Outcome::NotOurs);
+/// assert!(matches!(overlap, Err(TrapError::Overlap { .. })));
+/// drop(reg); // the range is free again
+/// let _again = trap::register(start + p, p, |_| Outcome::NotOurs)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Registration {
     slot: usize,
     start: usize,

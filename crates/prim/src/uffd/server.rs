@@ -43,6 +43,31 @@ impl Server {
     /// # Panics
     /// If `uffd` was not opened with [`Delivery::Messages`] (its faults would
     /// never be read).
+    ///
+    /// # Examples
+    /// Serve missing pages from a thread. The faulting thread sleeps until the
+    /// handler resolves its fault and wakes it
+    /// ([`Wake::Yes`](super::Wake::Yes)); unlike a trap handler, this one may
+    /// allocate, lock and block.
+    /// ```
+    /// use std::sync::Arc;
+    /// use vmprim_prim::uffd::{Delivery, Features, Mode, Server, Uffd, Wake};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::new(4 * p, Prot::READ_WRITE)?;
+    /// let start = region.as_ptr() as usize;
+    /// let uffd = Arc::new(Uffd::new(Delivery::Messages, Features::NONE)?);
+    /// uffd.register(start, region.len(), Mode::MISSING)?;
+    /// let server = Server::spawn(uffd, move |fault, uffd| {
+    ///     let contents = vec![1 + ((fault.page - start) / p) as u8; p]; // page i holds i + 1
+    ///     uffd.copy(fault.page, &contents, Wake::Yes).map(|_| ())
+    /// })?;
+    /// assert_eq!(region.read_u8(3 * p)?, 4); // sleeps until the server filled the page
+    /// assert_eq!(region.read_u8(p + 9)?, 2);
+    /// assert_eq!((server.faults(), server.errors()), (2, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn<F>(uffd: Arc<Uffd>, mut handler: F) -> Result<Self, UffdError>
     where
         F: FnMut(&UserFault, &Uffd) -> Result<(), UffdError> + Send + 'static,

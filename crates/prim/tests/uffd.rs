@@ -71,6 +71,25 @@ fn registered(
 // ---------------------------------------------------------------------------
 // Features
 
+/// A trap handler for `region` that resolves missing faults in-thread with
+/// zero pages and counts them (declining after `MAX_FAULTS`, so a runaway
+/// fails instead of looping).
+fn zero_fill_counting(region: &Region, uffd: &Arc<Uffd>) -> (trap::Registration, Arc<AtomicUsize>) {
+    let faults = Arc::new(AtomicUsize::new(0));
+    let (u, n) = (uffd.clone(), faults.clone());
+    let reg = trap::register(region.as_ptr() as usize, region.len(), move |fault| {
+        if fault.cause != Cause::BusAddress || n.fetch_add(1, SeqCst) >= MAX_FAULTS {
+            return Outcome::NotOurs;
+        }
+        match u.zeropage(fault.page, page_size(), Wake::No) {
+            Ok(_) => Outcome::Resolved,
+            Err(_) => Outcome::NotOurs,
+        }
+    })
+    .unwrap();
+    (reg, faults)
+}
+
 #[test]
 fn this_kernel_offers_the_features_vmprim_uses() {
     if !have(
@@ -334,19 +353,7 @@ fn missing_pages_are_filled_by_zeropage_in_the_faulting_thread() {
     }
     let (p, pages) = (page_size(), 4);
     let (region, uffd) = registered(pages, Delivery::Sigbus, Features::NONE, Mode::MISSING);
-    let base = region.as_ptr() as usize;
-    let faults = Arc::new(AtomicUsize::new(0));
-    let (u, n) = (uffd.clone(), faults.clone());
-    let _reg = trap::register(base, region.len(), move |fault| {
-        if fault.cause != Cause::BusAddress || n.fetch_add(1, SeqCst) >= MAX_FAULTS {
-            return Outcome::NotOurs;
-        }
-        match u.zeropage(fault.page, page_size(), Wake::No) {
-            Ok(_) => Outcome::Resolved,
-            Err(_) => Outcome::NotOurs,
-        }
-    })
-    .unwrap();
+    let (_reg, faults) = zero_fill_counting(&region, &uffd);
 
     assert_eq!(region.read_u64(2 * p + 64).unwrap(), 0);
     assert_eq!(faults.load(SeqCst), 1);
@@ -537,18 +544,7 @@ fn move_takes_pages_from_the_source_into_missing_pages() {
     let base = dest.as_ptr() as usize;
     // Faults on the destination would mean the move did not happen: count
     // them, and resolve with zeros so the test fails by assertion.
-    let faults = Arc::new(AtomicUsize::new(0));
-    let (u, n) = (uffd.clone(), faults.clone());
-    let _reg = trap::register(base, dest.len(), move |fault| {
-        if fault.cause != Cause::BusAddress || n.fetch_add(1, SeqCst) >= MAX_FAULTS {
-            return Outcome::NotOurs;
-        }
-        match u.zeropage(fault.page, page_size(), Wake::No) {
-            Ok(_) => Outcome::Resolved,
-            Err(_) => Outcome::NotOurs,
-        }
-    })
-    .unwrap();
+    let (_reg, faults) = zero_fill_counting(&dest, &uffd);
 
     // Pages 1 and 2 move; 0 and 3 stay missing.
     // SAFETY: `source` is private anonymous memory this test owns, reached

@@ -283,18 +283,6 @@ pub fn poll2(a: i32, b: BorrowedFd<'_>) -> Result<(bool, bool)> {
     Ok((ready(&fds[0]), ready(&fds[1])))
 }
 
-/// `sched_yield()`—Lets another thread run. Async-signal-safe.
-pub fn sched_yield() {
-    // SAFETY: sched_yield has no preconditions.
-    unsafe { libc::sched_yield() };
-}
-
-/// `gettid()`—The calling thread's kernel id. Async-signal-safe.
-pub fn gettid() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
-}
-
 /// Reads the resident-set size of this process from `/proc/self/statm`, in
 /// bytes. Not async-signal-safe (it opens a file).
 pub fn resident_bytes() -> Result<u64> {

@@ -323,11 +323,20 @@ fn start(
     })
 }
 
-/// Appends page `i` to `out`, extending the last run when adjacent.
+/// Appends the run `first..first + count` to `out`, extending the last run
+/// when they are adjacent.
 fn push_page(out: &mut Vec<PageRun>, first: usize, count: usize) {
     match out.last_mut() {
         Some(last) if last.first + last.count == first => last.count += count,
         _ => out.push(PageRun { first, count }),
+    }
+}
+
+/// A Region error as a DIRTY error, naming the operation DIRTY attempted.
+fn region_os(e: crate::RegionError, op: &'static str) -> DirtyError {
+    match e {
+        crate::RegionError::Range(r) => DirtyError::Range(r),
+        crate::RegionError::Os { source, .. } => DirtyError::Os { op, source },
     }
 }
 
@@ -349,7 +358,7 @@ fn protect_plain(
     let region_offset = start - region.as_ptr() as usize + offset;
     region
         .protect(region_offset, plen, prot)
-        .map_err(|e| trap_backend::region_os(e, "mprotect"))
+        .map_err(|e| region_os(e, "mprotect"))
 }
 
 #[cfg(test)]

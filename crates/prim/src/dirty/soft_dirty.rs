@@ -23,8 +23,8 @@ pub fn soft_dirty_available() -> bool {
 }
 
 fn probe() -> Result<bool, DirtyError> {
-    let region = Region::new(page_size(), Prot::READ_WRITE)
-        .map_err(|e| super::trap_backend::region_os(e, "mmap"))?;
+    let region =
+        Region::new(page_size(), Prot::READ_WRITE).map_err(|e| super::region_os(e, "mmap"))?;
     let _ = region.write_u8(0, 1);
     let os = |op| move |source| DirtyError::Os { op, source };
     let fd = pagemap::open_pagemap().map_err(os("open(/proc/self/pagemap)"))?;

@@ -7,7 +7,7 @@
 //! the tracker's.
 
 use super::bitmap::Bitmap;
-use super::{pages_of, Backend, DirtyError, DirtyTracker, PageRun};
+use super::{pages_of, region_os, Backend, DirtyError, DirtyTracker, PageRun};
 use crate::range::{check_within, page_size};
 use crate::trap::{self, Access, Cause, Outcome, Registration};
 use crate::{Prot, Region};
@@ -118,13 +118,6 @@ fn on_write_fault(region: &Region, state: &State, f: &trap::Fault) -> Outcome {
         return Outcome::NotOurs;
     }
     Outcome::Resolved
-}
-
-pub(super) fn region_os(e: crate::RegionError, op: &'static str) -> DirtyError {
-    match e {
-        crate::RegionError::Range(r) => DirtyError::Range(r),
-        crate::RegionError::Os { source, .. } => DirtyError::Os { op, source },
-    }
 }
 
 impl DirtyTracker for TrapTracker {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub(super) struct UffdWpTracker {
-    region: Arc<Region>,
+    _region: Arc<Region>,
     start: usize,
     len: usize,
     uffd: Arc<Uffd>,
@@ -53,7 +53,7 @@ impl UffdWpTracker {
         uffd.register(start, len, Mode::WP)?;
         uffd.write_protect(start, len)?;
         Ok(Self {
-            region: region.clone(),
+            _region: region.clone(),
             start,
             len,
             uffd,
@@ -73,7 +73,7 @@ impl DirtyTracker for UffdWpTracker {
     }
 
     fn protect(&mut self, offset: usize, len: usize, prot: Prot) -> Result<(), DirtyError> {
-        super::protect_plain(&self.region, self.start, self.len, offset, len, prot)
+        super::protect_plain(&self._region, self.start, self.len, offset, len, prot)
     }
 
     fn collect_into(&mut self, out: &mut Vec<PageRun>) -> Result<(), DirtyError> {
@@ -93,6 +93,5 @@ impl Drop for UffdWpTracker {
         // Unregistering clears the protection; then no SIGBUS can arrive.
         let _ = self.uffd.unregister(self.start, self.len);
         self.reg.take();
-        let _ = &self.region;
     }
 }

@@ -1,0 +1,673 @@
+//! Appel–Ellis–Li copying with the VM read barrier, incremental
+//! ([`VmBarrier`]) and concurrent ([`VmConcurrent`]).
+//!
+//! The heap is shared memory mapped twice (MAP2). The mutator uses one
+//! view; the collector reads and writes through the other, which is never
+//! protected. At the flip the roots' objects are copied and the pages that
+//! receive copies are protected in the mutator's view (PROTN, extended
+//! ahead of the copying as it goes). A mutator touching such a page traps
+//! (TRAP): the handler scans that page alone, forwarding its pointer
+//! fields, and unprotects it (UNPROT), so the mutator only ever sees
+//! to-space pointers. The rest of to-space is scanned page by page in
+//! address order, by allocation increments or by a collector thread, and
+//! each run of scanned pages is unprotected with one call.
+//!
+//! Which page a copy lands on is decided under one lock, shared by the
+//! handler, the scanner and the mutator's chunk refills; a page the handler
+//! scans is first closed to further copies (padded), so no object appears
+//! on it unscanned once it is readable. See docs/decisions/0004.
+
+use crate::config::{Config, GcError};
+use crate::copier::{Copier, CrossMap, Guard};
+use crate::heap::{sealed::Engine, Collector};
+use crate::los::Los;
+use crate::object::Shape;
+use crate::semi::{init, Semi};
+use crate::stats::{Log, Stats};
+use crate::words;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use vmprim_prim::map2::View;
+use vmprim_prim::trap::{self, Cause, Fault, Outcome, Registration};
+use vmprim_prim::{page_size, Prot};
+
+/// A spin lock usable from a signal handler: no allocation, no futex wait
+/// that could deadlock with the interrupted thread (which never holds it
+/// while touching protected memory).
+struct SpinLock<T> {
+    held: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises all access to `value`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+struct Guarded<'a, T>(&'a SpinLock<T>);
+
+impl<T> SpinLock<T> {
+    fn new(value: T) -> Self {
+        Self {
+            held: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    fn lock(&self) -> Guarded<'_, T> {
+        let mut spins = 0u32;
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            spins += 1;
+            if spins < 64 {
+                core::hint::spin_loop();
+            } else {
+                // sched_yield: async-signal-safe, and lets a holder that
+                // shares our vCPU run.
+                std::thread::yield_now();
+            }
+        }
+        Guarded(self)
+    }
+}
+
+impl<T> core::ops::Deref for Guarded<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: we hold the lock.
+        unsafe { &*self.0.value.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for Guarded<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: we hold the lock, exclusively.
+        unsafe { &mut *self.0.value.get() }
+    }
+}
+
+impl<T> Drop for Guarded<'_, T> {
+    fn drop(&mut self) {
+        self.0.held.store(false, Ordering::Release);
+    }
+}
+
+impl<T> core::fmt::Debug for SpinLock<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SpinLock")
+    }
+}
+
+/// The collection state, under the lock.
+#[derive(Debug)]
+struct State {
+    copier: Copier,
+    /// The cross maps of the two semispaces (one lent to the copier).
+    spare_cross: Option<CrossMap>,
+    active: bool,
+    /// Which semispace is current (to-space while collecting).
+    cur: usize,
+    /// Pages of to-space scanned (bit per page).
+    scanned: Vec<u64>,
+    /// Cheney's scan pointer: every object below it is scanned.
+    scan: usize,
+    /// Pages below this are open to the mutator (scanned, and full).
+    opened: usize,
+    /// The page holding the copy frontier, if a trap opened it before it
+    /// was full: its end, and how far its objects are scanned. Copies that
+    /// land on it are scanned (drained) before the lock is released.
+    partial: Option<usize>,
+    pscan: usize,
+    /// While collecting: chunks may not go below this.
+    black_floor: usize,
+    /// The mutator's allocation pointer as of its last refill: the bottom of
+    /// the black objects.
+    alloc: usize,
+    /// Free room kept for the next collection's allocations.
+    reserve: usize,
+    los: Los,
+    los_since: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: SpinLock<State>,
+    log: Log,
+    semi: Semi,
+    view: Arc<View>,
+    page: usize,
+    /// Concurrent mode: flips counted, for the collector thread to wait on.
+    work: Mutex<u64>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+enum Trapped {
+    Scanned,
+    Stale,
+    Foreign,
+}
+
+impl State {
+    fn is_scanned(&self, i: usize) -> bool {
+        self.scanned[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn set_scanned(&mut self, i: usize) {
+        self.scanned[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Unprotects `lo..hi` of the mutator's view. Async-signal-safe.
+    fn open(sh: &Shared, lo: usize, hi: usize) {
+        if hi > lo
+            && sh
+                .view
+                .protect(lo - sh.semi.base, hi - lo, Prot::READ_WRITE)
+                .is_err()
+        {
+            // The barrier can no longer be lifted: the mutator could never
+            // proceed. (mprotect fails only without memory for VMAs.)
+            std::process::abort();
+        }
+    }
+
+    /// The trap: the mutator touched `page`. Async-signal-safe.
+    fn trap(&mut self, sh: &Shared, page: usize) -> Trapped {
+        let to_lo = sh.semi.lo(self.cur);
+        let prot_hi = self.copier.guard.as_ref().map_or(0, |g| g.prot_hi);
+        if !self.active || page < to_lo || page >= prot_hi {
+            return Trapped::Stale; // unprotected since the fault was raised
+        }
+        let i = (page - to_lo) / sh.page;
+        if self.is_scanned(i) {
+            return Trapped::Stale;
+        }
+        if page < self.opened {
+            return Trapped::Stale;
+        }
+        if page >= self.copier.free {
+            // Protected but holding no object: the mutator has no pointer
+            // here, so this access is not the barrier's.
+            return Trapped::Foreign;
+        }
+        let end = page + sh.page;
+        self.drain();
+        self.copier.scan_slots(page, end);
+        if self.copier.free < end {
+            // The copy frontier's page: open it scanned up to the frontier,
+            // and scan what lands on it later before anyone can reach it.
+            self.partial = Some(end);
+            self.pscan = self.copier.free;
+        }
+        self.drain();
+        self.set_scanned(i);
+        Self::open(sh, page, end);
+        Trapped::Scanned
+    }
+
+    /// Scans the objects copied onto the open frontier page since it was
+    /// opened (and what they copy there in turn).
+    fn drain(&mut self) {
+        if let Some(end) = self.partial {
+            while self.pscan < self.copier.free && self.pscan < end {
+                self.pscan += self.copier.scan_object(self.pscan);
+            }
+            if self.pscan >= end {
+                self.partial = None;
+            }
+        }
+    }
+
+    /// Whether every page `obj..obj + bytes` touches was scanned by a trap.
+    fn trapped_over(&self, sh: &Shared, obj: usize, bytes: usize) -> bool {
+        let to_lo = sh.semi.lo(self.cur);
+        let (a, b) = ((obj - to_lo) / sh.page, (obj + bytes - 1 - to_lo) / sh.page);
+        (a..=b).all(|i| self.is_scanned(i))
+    }
+
+    /// Cheney's scan, in address order, for at most `budget` bytes of
+    /// objects; opens the pages it has passed. Objects wholly on pages a
+    /// trap already scanned are skipped. Returns whether the scan reached
+    /// the copy frontier (the tracing is done).
+    fn scan_pages(&mut self, sh: &Shared, budget: usize) -> bool {
+        let stop = self.scan.saturating_add(budget);
+        while self.scan < self.copier.free && self.scan < stop {
+            let obj = self.scan;
+            // SAFETY: a to-space object below the frontier, read through
+            // the collector's view.
+            let h = unsafe { words::get(obj.wrapping_add(self.copier.delta)) };
+            let Some(shape) = Shape::from_header(h) else {
+                std::process::abort(); // a to-space object is never forwarded
+            };
+            if !self.trapped_over(sh, obj, shape.bytes()) {
+                self.copier.scan_object(obj);
+            }
+            self.scan += shape.bytes();
+        }
+        self.drain();
+        let done = self.scan >= self.copier.free;
+        let upto = if done {
+            self.copier.free.next_multiple_of(sh.page)
+        } else {
+            self.scan & !(sh.page - 1)
+        };
+        if upto > self.opened {
+            Self::open(sh, self.opened, upto);
+            self.opened = upto;
+        }
+        done
+    }
+
+    /// Ends the collection: unprotects the pages protected ahead of the
+    /// copies, frees unreached large objects.
+    fn complete(&mut self, sh: &Shared, scale: usize) {
+        let prot_hi = self.copier.guard.as_ref().map_or(0, |g| g.prot_hi);
+        Self::open(sh, self.opened, prot_hi);
+        self.los.sweep();
+        self.active = false;
+        let to_lo = sh.semi.lo(self.cur);
+        let live = self.copier.copied;
+        let pages = (self.copier.free - to_lo).div_ceil(sh.page);
+        sh.log
+            .to_space_pages
+            .fetch_add(pages as u64, Ordering::Relaxed);
+        sh.log
+            .copied_bytes
+            .fetch_add(live as u64, Ordering::Relaxed);
+        self.copier.limit = sh.semi.hi(self.cur);
+        self.reserve = (2 * live / scale)
+            .clamp(4 * sh.page, sh.semi.half / 2)
+            .next_multiple_of(sh.page);
+    }
+
+    /// Finishes the collection in progress, if any.
+    fn finish(&mut self, sh: &Shared, scale: usize) {
+        if self.active {
+            self.scan_pages(sh, usize::MAX);
+            self.complete(sh, scale);
+        }
+    }
+
+    fn flip(&mut self, sh: &Shared, roots: &mut [usize]) {
+        let (from, to) = (self.cur, 1 - self.cur);
+        let used = (self.copier.free - sh.semi.lo(from)) + (sh.semi.hi(from) - self.alloc);
+        let mut cross = self.spare_cross.take().expect("a spare cross map");
+        cross.reset();
+        self.spare_cross = self.copier.cross.replace(cross);
+        let c = &mut self.copier;
+        c.begin(sh.semi.space(from), sh.semi.space(to), sh.semi.lo(to));
+        c.mark_los = true;
+        self.black_floor = (sh.semi.lo(to) + used).next_multiple_of(sh.page);
+        c.limit = self.black_floor;
+        if let Some(g) = &mut c.guard {
+            g.prot_hi = sh.semi.lo(to);
+        }
+        self.scanned.fill(0);
+        for r in roots.iter_mut() {
+            *r = c.forward(*r);
+        }
+        self.scan = sh.semi.lo(to);
+        self.opened = sh.semi.lo(to);
+        self.partial = None;
+        self.cur = to;
+        self.alloc = sh.semi.hi(to);
+        self.los_since = 0;
+        self.active = true;
+        sh.log.collections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fits(&self, alloc: usize, need: usize) -> bool {
+        let floor = if self.active {
+            self.black_floor
+        } else {
+            self.copier.free + self.reserve
+        };
+        alloc >= floor && alloc - floor >= need
+    }
+}
+
+/// Appel–Ellis–Li copying with the VM read barrier: the mutator faults on
+/// unscanned to-space pages, and the handler scans them. `CONCURRENT`
+/// selects who scans the rest: the mutator, a slice per allocation chunk
+/// ([`VmBarrier`]), or a collector thread ([`VmConcurrent`]).
+///
+/// Each page of to-space is protected once per collection and traps at
+/// most once: [`Stats::traps`] never exceeds [`Stats::to_space_pages`].
+///
+/// # Examples
+/// ```
+/// use vmprim_gc::{workload, Config, Heap, VmBarrier};
+///
+/// let mut heap = Heap::<VmBarrier>::new(&Config::small())?;
+/// let check = workload::gcbench(&mut heap, &workload::GcBench::tiny());
+/// assert_eq!(check, workload::GcBench::tiny().expected_check());
+/// let s = heap.stats();
+/// assert!(s.traps <= s.to_space_pages);
+/// # Ok::<(), vmprim_gc::GcError>(())
+/// ```
+#[derive(Debug)]
+pub struct Vm<const CONCURRENT: bool> {
+    /// New objects come from `alloc` down to `chunk_lo`.
+    alloc: usize,
+    chunk_lo: usize,
+    cfg: Config,
+    thread: Option<JoinHandle<()>>,
+    /// Dropped before `shared`'s views are unmapped: the handler holds a
+    /// reference to them and is waited for.
+    registration: Option<Registration>,
+    shared: Arc<Shared>,
+}
+
+/// [`Vm`] with the mutator doing the scanning, a slice per chunk.
+pub type VmBarrier = Vm<false>;
+
+/// [`Vm`] with a collector thread doing the scanning through the
+/// collector's view.
+///
+/// # Examples
+/// ```
+/// use vmprim_gc::{workload, Config, Heap, VmConcurrent};
+///
+/// let mut heap = Heap::<VmConcurrent>::new(&Config::small())?;
+/// let check = workload::mutate(&mut heap, &workload::Mutate::tiny());
+/// assert_eq!(check, workload::Mutate::tiny().expected_check());
+/// heap.verify()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub type VmConcurrent = Vm<true>;
+
+impl Collector for Vm<false> {
+    const NAME: &'static str = "vm_barrier";
+}
+
+impl Collector for Vm<true> {
+    const NAME: &'static str = "vm_concurrent";
+}
+
+impl<const CONCURRENT: bool> Vm<CONCURRENT> {
+    /// How much of the last live size the next collection's allocations are
+    /// given: the mutator scans `scan_ratio` bytes per byte it allocates;
+    /// the collector thread is assumed only as fast as the mutator.
+    fn scale(&self) -> usize {
+        if CONCURRENT {
+            1
+        } else {
+            self.cfg.scan_ratio
+        }
+    }
+
+    fn handle(sh: &Shared, f: &Fault) -> Outcome {
+        if f.cause != Cause::Protection {
+            return Outcome::NotOurs;
+        }
+        let t0 = Instant::now();
+        let r = sh.state.lock().trap(sh, f.page);
+        match r {
+            Trapped::Scanned => {
+                sh.log.traps.fetch_add(1, Ordering::Relaxed);
+                sh.log.pause(t0);
+                Outcome::Resolved
+            }
+            Trapped::Stale => Outcome::Resolved,
+            Trapped::Foreign => Outcome::NotOurs,
+        }
+    }
+
+    fn collector_thread(sh: Arc<Shared>, batch: usize) {
+        let mut seen = 0;
+        loop {
+            {
+                let mut flips = sh.work.lock().unwrap_or_else(|e| e.into_inner());
+                while *flips == seen && !sh.shutdown.load(Ordering::Acquire) {
+                    flips = sh.wake.wait(flips).unwrap_or_else(|e| e.into_inner());
+                }
+                if sh.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                seen = *flips;
+            }
+            loop {
+                let t0 = Instant::now();
+                let mut st = sh.state.lock();
+                if !st.active {
+                    break;
+                }
+                let done = st.scan_pages(&sh, batch * sh.page);
+                if done {
+                    st.complete(&sh, 1);
+                }
+                drop(st);
+                sh.log.work(t0);
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn refill(&mut self, need: usize, roots: &mut [usize]) -> Result<(), GcError> {
+        let need = need.max(self.cfg.chunk_bytes).next_multiple_of(page_size());
+        let sh = &*self.shared;
+        let scale = self.scale();
+        let t0 = Instant::now();
+        let mut st = sh.state.lock();
+        st.alloc = self.alloc;
+        let mut paused = false;
+        if st.active && !CONCURRENT {
+            let budget = self.cfg.scan_ratio * self.cfg.chunk_bytes;
+            if st.scan_pages(sh, budget) {
+                st.complete(sh, scale);
+            }
+            paused = true;
+        }
+        if !st.fits(self.alloc, need) && st.active {
+            st.finish(sh, scale);
+            paused = true;
+        }
+        let mut flipped = false;
+        if !st.fits(self.alloc, need) {
+            st.flip(sh, roots);
+            self.alloc = st.alloc;
+            flipped = true;
+            paused = true;
+            if !st.fits(self.alloc, need) {
+                st.finish(sh, scale);
+                let free = self.alloc - st.copier.free;
+                if free < need {
+                    drop(st);
+                    sh.log.pause(t0);
+                    return Err(GcError::OutOfMemory {
+                        requested: need,
+                        free,
+                    });
+                }
+            }
+        }
+        self.chunk_lo = self.alloc - need;
+        st.alloc = self.chunk_lo;
+        let wake = flipped && st.active && CONCURRENT;
+        drop(st);
+        if paused {
+            sh.log.pause(t0);
+        }
+        if wake {
+            *sh.work.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            sh.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn alloc_large(&mut self, shape: Shape, roots: &mut [usize]) -> Result<usize, GcError> {
+        let half = self.shared.semi.half;
+        let mut st = self.shared.state.lock();
+        if !st.active && st.los_since > half {
+            st.alloc = self.alloc;
+            let t0 = Instant::now();
+            st.flip(&self.shared, roots);
+            self.alloc = st.alloc;
+            self.chunk_lo = self.alloc;
+            let active = st.active;
+            drop(st);
+            self.shared.log.pause(t0);
+            if active && CONCURRENT {
+                *self.shared.work.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                self.shared.wake.notify_one();
+            }
+            st = self.shared.state.lock();
+        }
+        st.los_since += shape.bytes();
+        let black = st.active;
+        st.los.alloc(shape, black).ok_or(GcError::OutOfMemory {
+            requested: shape.bytes(),
+            free: 0,
+        })
+    }
+}
+
+impl<const CONCURRENT: bool> Engine for Vm<CONCURRENT> {
+    fn create(cfg: &Config) -> Result<Self, GcError> {
+        let semi = Semi::mapped(cfg.heap_bytes)?;
+        let view = semi.mutator_view().expect("two views").clone();
+        let p = page_size();
+        let mut copier = Copier::new(semi.delta);
+        copier.free = semi.lo(0);
+        copier.limit = semi.hi(0);
+        copier.cross = Some(CrossMap::new(semi.lo(0), semi.half));
+        copier.guard = Some(Guard {
+            view: view.clone(),
+            prot_hi: semi.lo(0),
+            step: cfg.chunk_bytes,
+        });
+        let state = State {
+            copier,
+            spare_cross: Some(CrossMap::new(semi.lo(1), semi.half)),
+            active: false,
+            cur: 0,
+            scanned: vec![0; (semi.half / p).div_ceil(64)],
+            scan: 0,
+            opened: 0,
+            partial: None,
+            pscan: 0,
+            black_floor: 0,
+            alloc: semi.hi(0),
+            reserve: (semi.half / 4).next_multiple_of(p),
+            los: Los::default(),
+            los_since: 0,
+        };
+        let top = semi.hi(0);
+        let (base, len) = (semi.base, 2 * semi.half);
+        let shared = Arc::new(Shared {
+            state: SpinLock::new(state),
+            log: Log::new(cfg.pause_log),
+            semi,
+            view,
+            page: p,
+            work: Mutex::new(0),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        let registration = trap::register(base, len, move |f| Self::handle(&sh, f))?;
+        let thread = if CONCURRENT {
+            let sh = shared.clone();
+            let batch = cfg.scan_batch_pages;
+            Some(
+                std::thread::Builder::new()
+                    .name("vmprim-gc".into())
+                    .spawn(move || Self::collector_thread(sh, batch))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            alloc: top,
+            chunk_lo: top,
+            cfg: cfg.clone(),
+            thread,
+            registration: Some(registration),
+            shared,
+        })
+    }
+
+    #[inline]
+    fn alloc(&mut self, shape: Shape, roots: &mut [usize]) -> Result<usize, GcError> {
+        let bytes = shape.bytes();
+        if shape.ptrs == 0 && bytes >= self.cfg.large_bytes {
+            return self.alloc_large(shape, roots);
+        }
+        if self.alloc - self.chunk_lo < bytes {
+            self.refill(bytes, roots)?;
+        }
+        self.alloc -= bytes;
+        // SAFETY: inside the chunk the mutator holds: black memory above
+        // every copy and every protected page.
+        unsafe { init(self.alloc, shape) };
+        Ok(self.alloc)
+    }
+
+    fn collect(&mut self, roots: &mut [usize]) {
+        let sh = &*self.shared;
+        let scale = self.scale();
+        let t0 = Instant::now();
+        let mut st = sh.state.lock();
+        st.alloc = self.alloc;
+        st.finish(sh, scale);
+        st.flip(sh, roots);
+        st.finish(sh, scale);
+        self.alloc = st.alloc;
+        self.chunk_lo = self.alloc;
+        drop(st);
+        sh.log.pause(t0);
+    }
+
+    fn quiesce(&mut self) {
+        let sh = &*self.shared;
+        let scale = self.scale();
+        let mut st = sh.state.lock();
+        if st.active {
+            let t0 = Instant::now();
+            st.finish(sh, scale);
+            drop(st);
+            sh.log.pause(t0);
+        }
+    }
+
+    fn peek(&self, addr: usize) -> usize {
+        // SAFETY: the verifier only peeks at words `holds` accepted; the
+        // collector's view is never protected.
+        unsafe { words::get(addr.wrapping_add(self.shared.semi.delta)) }
+    }
+
+    fn holds(&self, addr: usize, bytes: usize) -> bool {
+        let sh = &*self.shared;
+        let st = sh.state.lock();
+        let end = addr.saturating_add(bytes);
+        (addr >= sh.semi.lo(st.cur) && end <= st.copier.free)
+            || (addr >= self.alloc && end <= sh.semi.hi(st.cur))
+            || st.los.contains(addr)
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.log.snapshot()
+    }
+}
+
+impl<const CONCURRENT: bool> Drop for Vm<CONCURRENT> {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        {
+            let _flips = self.shared.work.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Unregister (waiting out a running handler) before the views go.
+        self.registration.take();
+    }
+}

@@ -4,6 +4,7 @@
 //! ```text
 //! vmprim bench prim            the VM-PUP table, vmprim beside the raw reference
 //! vmprim bench prim --json     vmprim's figures as one flat JSON object
+//! vmprim bench gc              the collectors beside the Boehm collector
 //! vmprim mechanisms            which mechanisms this kernel and process allow
 //! ```
 
@@ -13,6 +14,7 @@ use anyhow::{bail, Result};
 
 const USAGE: &str = "\
 usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
+       vmprim bench gc [--json] [--plot DIR] [--rounds N] [--quick]
        vmprim mechanisms
 
   bench prim     the VM-PUP benchmark (Appel & Li 1991) of every mechanism,
@@ -22,6 +24,14 @@ usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
                  operation, medians), with the keys of vmpup_ref.c
   --reference    the reference C source to compile and run
   --no-reference skip the reference
+  bench gc       the collectors of vmprim-gc and the Boehm collector (plain
+                 and incremental; compiled from crates/cli/peer/gc_boehm.c
+                 against libgc-dev) on GCBench and a mutation workload
+  --json         an object keyed by workload, then collector (total_ms,
+                 gc_ms, max_pause_us, p99_pause_us, traps, to_space_pages)
+  --plot DIR     also write the pause distributions as SVG files into DIR
+  --rounds N     rounds over all collectors (default 5; medians reported)
+  --quick        smaller parameters (seconds instead of a minute)
   mechanisms     which mechanisms this kernel and process allow, and why not";
 
 fn main() -> Result<()> {
@@ -29,6 +39,8 @@ fn main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["bench", "prim", rest @ ..] => bench::prim::run(&bench::prim::Options::parse(rest)?),
+        ["bench", "gc", rest @ ..] => bench::gc::run(&bench::gc::Options::parse(rest)?),
+        ["bench", "gc-one", rest @ ..] => bench::gc::run_one(rest),
         ["mechanisms"] => {
             println!("{}", vmprim_prim::mechanisms());
             Ok(())

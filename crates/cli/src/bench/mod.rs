@@ -1,7 +1,10 @@
 //! Benchmark suites, their statistics, and the progress display.
 
+pub mod boehm;
+pub mod gc;
 pub mod prim;
 mod reference;
+pub mod svg;
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;

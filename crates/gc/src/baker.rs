@@ -150,6 +150,11 @@ impl Baker {
     }
 
     fn alloc_large(&mut self, shape: Shape, roots: &mut [usize]) -> Result<usize, GcError> {
+        // Large objects advance no increment: past a semispace's worth of
+        // them, finish the collection so the unreached ones can go.
+        if self.active() && self.los_since > self.semi.half {
+            self.step(usize::MAX);
+        }
         if !self.active() && self.los_since > self.semi.half {
             self.flip(roots);
         }

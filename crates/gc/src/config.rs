@@ -81,10 +81,14 @@ impl Config {
     pub(crate) fn checked(&self) -> Result<Self, GcError> {
         let p = page_size();
         let mut c = self.clone();
-        c.chunk_bytes = c.chunk_bytes.max(p).next_multiple_of(p);
-        c.heap_bytes = c.heap_bytes.next_multiple_of(p);
-        c.nursery_bytes = c.nursery_bytes.next_multiple_of(p);
-        if c.heap_bytes < 8 * c.chunk_bytes {
+        let pages = |v: usize, field: &str| {
+            v.checked_next_multiple_of(p)
+                .ok_or_else(|| GcError::Config(format!("{field} {v} is too large")))
+        };
+        c.chunk_bytes = pages(c.chunk_bytes.max(p), "chunk_bytes")?;
+        c.heap_bytes = pages(c.heap_bytes, "heap_bytes")?;
+        c.nursery_bytes = pages(c.nursery_bytes, "nursery_bytes")?;
+        if c.heap_bytes < c.chunk_bytes.saturating_mul(8) {
             return Err(GcError::Config(format!(
                 "heap_bytes {} is under 8 chunks of {} bytes",
                 self.heap_bytes, c.chunk_bytes

@@ -381,6 +381,14 @@ impl<R: Remember> Engine for Gen<R> {
                 return self.alloc_old(shape, roots);
             }
             self.minor(roots);
+            if self.old_used() > self.old_budget {
+                // Even a major collection left more live data than the old
+                // generation may hold: another would not fit its half.
+                return Err(GcError::OutOfMemory {
+                    requested: bytes,
+                    free: 0,
+                });
+            }
         }
         let o = self.bump;
         self.bump += bytes;

@@ -505,6 +505,14 @@ impl<const CONCURRENT: bool> Vm<CONCURRENT> {
     fn alloc_large(&mut self, shape: Shape, roots: &mut [usize]) -> Result<usize, GcError> {
         let half = self.shared.semi.half;
         let mut st = self.shared.state.lock();
+        if st.active && st.los_since > half {
+            // Large objects advance no increment: past a semispace's worth
+            // of them, finish the collection so the unreached ones can go.
+            let t0 = Instant::now();
+            let scale = self.scale();
+            st.finish(&self.shared, scale);
+            self.shared.log.pause(t0);
+        }
         if !st.active && st.los_since > half {
             st.alloc = self.alloc;
             let t0 = Instant::now();
@@ -638,9 +646,16 @@ impl<const CONCURRENT: bool> Engine for Vm<CONCURRENT> {
     }
 
     fn peek(&self, addr: usize) -> usize {
-        // SAFETY: the verifier only peeks at words `holds` accepted; the
-        // collector's view is never protected.
-        unsafe { words::get(addr.wrapping_add(self.shared.semi.delta)) }
+        let semi = &self.shared.semi;
+        // Semispace words through the collector's view, which is never
+        // protected; large objects live in their own mappings.
+        let d = if addr.wrapping_sub(semi.base) < 2 * semi.half {
+            semi.delta
+        } else {
+            0
+        };
+        // SAFETY: the verifier only peeks at words `holds` accepted.
+        unsafe { words::get(addr.wrapping_add(d)) }
     }
 
     fn holds(&self, addr: usize, bytes: usize) -> bool {

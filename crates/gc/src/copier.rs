@@ -209,7 +209,7 @@ impl Copier {
     /// Forwards the pointer fields of the object at `obj` whose addresses
     /// lie in `lo..hi`; returns the object's size in bytes.
     #[inline]
-    fn scan_fields(&mut self, obj: usize, lo: usize, hi: usize) -> usize {
+    pub(crate) fn scan_fields(&mut self, obj: usize, lo: usize, hi: usize) -> usize {
         let d = self.delta;
         // SAFETY: `obj` is an object of a space this collector owns.
         let h = unsafe { words::get(obj.wrapping_add(d)) };

@@ -21,12 +21,12 @@ use crate::config::{Config, GcError};
 use crate::copier::{Copier, CrossMap, Guard};
 use crate::heap::{sealed::Engine, Collector};
 use crate::los::Los;
-use crate::object::Shape;
+use crate::object::{ptr_offset, Shape, WORD};
 use crate::semi::{init, Semi};
 use crate::stats::{Log, Stats};
 use crate::words;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -34,11 +34,14 @@ use vmprim_prim::map2::View;
 use vmprim_prim::trap::{self, Cause, Fault, Outcome, Registration};
 use vmprim_prim::{page_size, Prot};
 
-/// A spin lock usable from a signal handler: no allocation, no futex wait
-/// that could deadlock with the interrupted thread (which never holds it
-/// while touching protected memory).
+/// A ticket lock usable from a signal handler: no allocation, no futex
+/// wait that could deadlock with the interrupted thread (which never holds
+/// it while touching protected memory). Tickets make it fair: the collector
+/// thread, which takes it again as soon as it lets go, cannot starve a
+/// trapping mutator (an unfair lock let it wait 20 ms).
 struct SpinLock<T> {
-    held: AtomicBool,
+    next: AtomicU32,
+    serving: AtomicU32,
     value: UnsafeCell<T>,
 }
 
@@ -50,25 +53,25 @@ struct Guarded<'a, T>(&'a SpinLock<T>);
 impl<T> SpinLock<T> {
     fn new(value: T) -> Self {
         Self {
-            held: AtomicBool::new(false),
+            next: AtomicU32::new(0),
+            serving: AtomicU32::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
     fn lock(&self) -> Guarded<'_, T> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         let mut spins = 0u32;
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        while self.serving.load(Ordering::Acquire) != ticket {
             spins += 1;
-            if spins < 64 {
+            if spins < 1 << 14 {
                 core::hint::spin_loop();
             } else {
-                // sched_yield: async-signal-safe, and lets a holder that
-                // shares our vCPU run.
-                std::thread::yield_now();
+                // A holder sharing our CPU may not get it back from
+                // sched_yield for a whole time slice (3 ms measured): sleep,
+                // which certainly lets it run. nanosleep is
+                // async-signal-safe, and std's sleep allocates nothing.
+                std::thread::sleep(core::time::Duration::from_micros(5));
             }
         }
         Guarded(self)
@@ -92,7 +95,7 @@ impl<T> core::ops::DerefMut for Guarded<'_, T> {
 
 impl<T> Drop for Guarded<'_, T> {
     fn drop(&mut self) {
-        self.0.held.store(false, Ordering::Release);
+        self.0.serving.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -115,6 +118,9 @@ struct State {
     scanned: Vec<u64>,
     /// Cheney's scan pointer: every object below it is scanned.
     scan: usize,
+    /// Within the object at `scan`, the fields below this are scanned (0:
+    /// none yet).
+    scan_at: usize,
     /// Pages below this are open to the mutator (scanned, and full).
     opened: usize,
     /// The page holding the copy frontier, if a trap opened it before it
@@ -234,8 +240,8 @@ impl State {
     /// trap already scanned are skipped. Returns whether the scan reached
     /// the copy frontier (the tracing is done).
     fn scan_pages(&mut self, sh: &Shared, budget: usize) -> bool {
-        let stop = self.scan.saturating_add(budget);
-        while self.scan < self.copier.free && self.scan < stop {
+        let mut left = budget;
+        while self.scan < self.copier.free && left > 0 {
             let obj = self.scan;
             // SAFETY: a to-space object below the frontier, read through
             // the collector's view.
@@ -243,10 +249,26 @@ impl State {
             let Some(shape) = Shape::from_header(h) else {
                 std::process::abort(); // a to-space object is never forwarded
             };
-            if !self.trapped_over(sh, obj, shape.bytes()) {
-                self.copier.scan_object(obj);
+            let bytes = shape.bytes();
+            if self.trapped_over(sh, obj, bytes) {
+                (self.scan, self.scan_at) = (obj + bytes, 0);
+                left = left.saturating_sub(WORD);
+                continue;
             }
-            self.scan += shape.bytes();
+            // A big array is scanned a slice at a time, so neither a
+            // trapping mutator nor an increment waits for all of it.
+            let slots_end = obj + ptr_offset(shape.ptrs as usize);
+            let from = self.scan_at.max(obj);
+            let to = slots_end.min(from.saturating_add(left));
+            if to > from {
+                self.copier.scan_fields(obj, from, to);
+            }
+            left = left.saturating_sub((to - from).max(WORD));
+            if to >= slots_end {
+                (self.scan, self.scan_at) = (obj + bytes, 0);
+            } else {
+                self.scan_at = to;
+            }
         }
         self.drain();
         let done = self.scan >= self.copier.free;
@@ -311,6 +333,7 @@ impl State {
             *r = c.forward(*r);
         }
         self.scan = sh.semi.lo(to);
+        self.scan_at = 0;
         self.opened = sh.semi.lo(to);
         self.partial = None;
         self.cur = to;
@@ -412,7 +435,12 @@ impl<const CONCURRENT: bool> Vm<CONCURRENT> {
                 sh.log.pause(t0);
                 Outcome::Resolved
             }
-            Trapped::Stale => Outcome::Resolved,
+            Trapped::Stale => {
+                // The page was opened while this fault waited for the lock:
+                // no trap of ours, but the mutator stood still all the same.
+                sh.log.pause(t0);
+                Outcome::Resolved
+            }
             Trapped::Foreign => Outcome::NotOurs,
         }
     }
@@ -558,6 +586,7 @@ impl<const CONCURRENT: bool> Engine for Vm<CONCURRENT> {
             cur: 0,
             scanned: vec![0; (semi.half / p).div_ceil(64)],
             scan: 0,
+            scan_at: 0,
             opened: 0,
             partial: None,
             pscan: 0,

@@ -152,6 +152,14 @@ struct Shared {
     shutdown: AtomicBool,
 }
 
+impl Shared {
+    /// Tells the collector thread a collection has begun.
+    fn wake_collector(&self) {
+        *self.work.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.wake.notify_one();
+    }
+}
+
 enum Trapped {
     Scanned,
     Stale,
@@ -524,8 +532,7 @@ impl<const CONCURRENT: bool> Vm<CONCURRENT> {
             sh.log.pause(t0);
         }
         if wake {
-            *sh.work.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-            sh.wake.notify_one();
+            sh.wake_collector();
         }
         Ok(())
     }
@@ -547,12 +554,10 @@ impl<const CONCURRENT: bool> Vm<CONCURRENT> {
             st.flip(&self.shared, roots);
             self.alloc = st.alloc;
             self.chunk_lo = self.alloc;
-            let active = st.active;
             drop(st);
             self.shared.log.pause(t0);
-            if active && CONCURRENT {
-                *self.shared.work.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                self.shared.wake.notify_one();
+            if CONCURRENT {
+                self.shared.wake_collector();
             }
             st = self.shared.state.lock();
         }

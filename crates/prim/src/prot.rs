@@ -1,7 +1,7 @@
 //! [`Prot`]: what a page allows.
 
 use core::fmt;
-use core::ops::{BitOr, BitOrAssign};
+use core::ops::{BitAnd, BitOr, BitOrAssign};
 use vmprim_sys::mem::prot;
 
 /// Page protection: a set of read, write and execute permissions.
@@ -17,6 +17,7 @@ use vmprim_sys::mem::prot;
 /// assert_eq!(rw, Prot::READ_WRITE);
 /// assert!(rw.contains(Prot::READ) && !rw.contains(Prot::EXEC));
 /// assert_eq!(rw.without(Prot::WRITE), Prot::READ);
+/// assert_eq!(rw & (Prot::READ | Prot::EXEC), Prot::READ);
 /// assert_eq!(format!("{:?}", rw | Prot::EXEC), "rwx");
 /// assert_eq!(Prot::from_bits_truncate(rw.bits() | 0x100), rw); // unknown bits dropped
 /// ```
@@ -61,6 +62,13 @@ impl BitOr for Prot {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {
         Self(self.0 | rhs.0)
+    }
+}
+
+impl BitAnd for Prot {
+    type Output = Self;
+    fn bitand(self, rhs: Self) -> Self {
+        Self(self.0 & rhs.0)
     }
 }
 

@@ -151,6 +151,41 @@ impl Region {
         }
     }
 
+    /// Replaces whatever is mapped at `offset..offset + len` (for example a
+    /// [`SharedMemory`](crate::map2::SharedMemory) view put there with
+    /// [`map_into`](crate::map2::SharedMemory::map_into)) with fresh
+    /// inaccessible reserved address space, as [`reserve`](Self::reserve)
+    /// left it. Unlike [`decommit`](Self::decommit) this also drops a
+    /// shared mapping, so the next access faults even where the shared
+    /// page still exists.
+    ///
+    /// # Examples
+    /// ```
+    /// use vmprim_prim::map2::SharedMemory;
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::reserve(2 * p)?;
+    /// let shm = SharedMemory::new(p)?;
+    /// shm.map_into(&region, p, 0, p, Prot::READ_WRITE)?;
+    /// region.write_u8(p, 7)?;
+    /// region.reset(p, p)?; // the view is gone; the shared page is not
+    /// shm.map_into(&region, 0, 0, p, Prot::READ)?;
+    /// assert_eq!(region.read_u8(0)?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reset(&self, offset: usize, len: usize) -> Result<(), RegionError> {
+        check_within(offset, len, self.len())?;
+        // SAFETY: the range lies inside this region, which owns it and hands
+        // out no references into it.
+        unsafe { mem::mmap_anonymous_fixed_reserve(self.at(offset), len) }.map_err(|source| {
+            RegionError::Os {
+                op: "mmap(PROT_NONE | MAP_NORESERVE | MAP_FIXED)",
+                source,
+            }
+        })
+    }
+
     /// Sets the protection of `offset..offset + len`. Async-signal-safe.
     pub fn protect(&self, offset: usize, len: usize, prot: Prot) -> Result<(), RegionError> {
         check_within(offset, len, self.len())?;

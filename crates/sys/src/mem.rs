@@ -122,6 +122,19 @@ pub unsafe fn mmap_anonymous_fixed(addr: *mut u8, len: usize, prot: i32) -> Resu
     mmap_result(ptr).map(|_| ())
 }
 
+/// `mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+/// MAP_FIXED, -1, 0)`: replaces the pages at `addr` with inaccessible
+/// reserved address space.
+///
+/// # Safety
+/// Same as [`mmap_shared_fixed`].
+pub unsafe fn mmap_anonymous_fixed_reserve(addr: *mut u8, len: usize) -> Result<()> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE;
+    // SAFETY: the caller owns the range and holds no references into it.
+    let ptr = unsafe { libc::mmap(addr.cast(), len, libc::PROT_NONE, flags, -1, 0) };
+    mmap_result(ptr).map(|_| ())
+}
+
 fn mmap_result(ptr: *mut c_void) -> Result<*mut u8> {
     if ptr == libc::MAP_FAILED {
         Err(Errno::last())

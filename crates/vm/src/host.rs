@@ -1,0 +1,187 @@
+//! [`HostPmap`]: translations on the real MMU.
+//!
+//! The address space is a reserved, inaccessible range. Entering a
+//! translation maps one page of the frame pool's memfd there
+//! (`mmap(MAP_SHARED | MAP_FIXED)`, through
+//! [`SharedMemory::map_into`]) with the protection the vm layer chose; so a
+//! frame mapped at two addresses is one physical page. Removing one puts
+//! reserved space back ([`Region::reset`]); lowering one is `mprotect`.
+//!
+//! Every translation may become a kernel VMA, and the kernel caps their
+//! number (`vm.max_map_count`). Frames are handed out in order, so pages
+//! touched in order get consecutive frames and the kernel merges their
+//! mappings; what it cannot merge is counted, and past a quarter of the cap
+//! the pmap forgets every translation of its space at once (one `mmap`),
+//! which the vm layer allows at any time.
+
+use crate::error::VmError;
+use crate::phys::Frame;
+use crate::pmap::{Pmap, ProtRun, Translations};
+use std::ops::Range;
+use std::sync::Arc;
+use vmprim_prim::map2::SharedMemory;
+use vmprim_prim::{page_size, Prot, Region};
+
+/// The real MMU as a pmap: plain loads and stores on the space's addresses
+/// use its translations, and a missing one is a `SIGSEGV` that the vm layer
+/// answers.
+#[derive(Debug)]
+pub struct HostPmap {
+    region: Region,
+    frames: Arc<SharedMemory>,
+    t: Translations,
+    page: usize,
+    unmerged: usize,
+    limit: usize,
+    flushes: u64,
+}
+
+impl HostPmap {
+    /// Reserves `pages` pages of address space for translations to pages of
+    /// `frames`.
+    pub fn new(pages: u64, frames: Arc<SharedMemory>) -> Result<Self, VmError> {
+        let page = page_size();
+        let region =
+            Region::reserve(pages as usize * page).map_err(|e| VmError::Host(e.to_string()))?;
+        let cap = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65530);
+        Ok(Self {
+            region,
+            frames,
+            t: Translations::default(),
+            page,
+            unmerged: 0,
+            limit: (cap / 4).max(64),
+            flushes: 0,
+        })
+    }
+
+    /// How many times the pmap forgot everything to stay under the kernel's
+    /// mapping cap.
+    pub fn flushes(&self) -> u64 {
+        self.flushes
+    }
+
+    /// Forgets every translation. Returns `false` if even that failed, in
+    /// which case the host mappings may disagree with the vm layer.
+    fn flush(&mut self) -> bool {
+        self.flushes += 1;
+        self.t.clear();
+        self.unmerged = 0;
+        self.region.reset(0, self.region.len()).is_ok()
+    }
+
+    fn must_flush(&mut self, what: &str) {
+        if !self.flush() {
+            // A translation the vm layer removed may still be live: going on
+            // could expose a page to the wrong address. Nothing is safe but
+            // stopping.
+            eprintln!("vmprim-vm: cannot {what} or reset the address space; aborting");
+            std::process::abort();
+        }
+    }
+
+    fn reset_runs(&mut self, runs: Vec<Range<u64>>) {
+        for r in runs {
+            let (off, len) = (
+                r.start as usize * self.page,
+                (r.end - r.start) as usize * self.page,
+            );
+            if self.region.reset(off, len).is_err() {
+                return self.must_flush("remove a translation");
+            }
+        }
+    }
+
+    fn protect_runs(&mut self, runs: Vec<ProtRun>) {
+        for (r, prot) in runs {
+            let (off, len) = (
+                r.start as usize * self.page,
+                (r.end - r.start) as usize * self.page,
+            );
+            self.unmerged += 2;
+            if self.region.protect(off, len, prot).is_err() {
+                return self.must_flush("lower a translation");
+            }
+        }
+    }
+
+    fn merges(&self, vpn: u64, frame: Frame, prot: Prot) -> bool {
+        let before = vpn.checked_sub(1).and_then(|v| self.t.get(v));
+        let after = self.t.get(vpn + 1);
+        before == Some((Frame(frame.0.wrapping_sub(1)), prot))
+            || after == Some((Frame(frame.0 + 1), prot))
+    }
+}
+
+impl Pmap for HostPmap {
+    fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError> {
+        let off = vpn as usize * self.page;
+        if off >= self.region.len() {
+            return Err(VmError::Host(format!("page {vpn} is outside the space")));
+        }
+        if self.unmerged >= self.limit {
+            self.must_flush("forget translations");
+        }
+        let old = self.t.get(vpn);
+        if old.is_some_and(|(f, _)| f == frame) {
+            self.unmerged += 2;
+            if self.region.protect(off, self.page, prot).is_err() {
+                self.must_flush("change a translation");
+                return self.enter(vpn, frame, prot);
+            }
+        } else {
+            if !self.merges(vpn, frame, prot) {
+                self.unmerged += 1;
+            }
+            let at = frame.0 as usize * self.page;
+            if let Err(e) = self.frames.map_into(&self.region, off, at, self.page, prot) {
+                if self.t.is_empty() {
+                    return Err(VmError::Host(e.to_string()));
+                }
+                self.must_flush("enter a translation");
+                return self.enter(vpn, frame, prot);
+            }
+        }
+        self.t.insert(vpn, frame, prot);
+        Ok(())
+    }
+
+    fn remove(&mut self, vpns: Range<u64>) {
+        let runs = self.t.remove_range(vpns);
+        self.reset_runs(runs);
+    }
+
+    fn protect(&mut self, vpns: Range<u64>, prot: Prot) {
+        let (changed, removed) = self.t.protect_range(vpns, prot);
+        self.reset_runs(removed);
+        self.protect_runs(changed);
+    }
+
+    fn pages_of(&self, frame: Frame) -> Vec<u64> {
+        self.t.pages_of(frame)
+    }
+
+    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)> {
+        self.t.get(vpn)
+    }
+
+    fn translations(&self) -> usize {
+        self.t.len()
+    }
+
+    fn create(
+        &self,
+        pages: u64,
+        frames: Option<&Arc<SharedMemory>>,
+    ) -> Result<Box<dyn Pmap>, VmError> {
+        let frames = frames.ok_or(VmError::Config("a host pmap needs host frames"))?;
+        Ok(Box::new(Self::new(pages, frames.clone())?))
+    }
+
+    fn host_base(&self) -> Option<usize> {
+        Some(self.region.as_ptr() as usize)
+    }
+}

@@ -1,0 +1,219 @@
+//! Physical pages: a pool of page frames with a budget, and who owns each.
+//!
+//! On the real MMU the frames are the pages of one memfd, mapped once
+//! read-write at a private "direct map" address where the vm layer reads and
+//! writes them, and mapped into address spaces by [`HostPmap`](crate::HostPmap).
+//! Under [`SimPmap`](crate::SimPmap) they are heap buffers. A frame is the
+//! unit the pageout clock sweeps.
+
+use crate::error::VmError;
+use crate::object::ObjId;
+use std::sync::Arc;
+use vmprim_prim::map2::{SharedMemory, View};
+use vmprim_prim::Prot;
+
+/// A physical page: an index into the frame pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frame(pub u32);
+
+/// Who holds a frame in use.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FrameInfo {
+    /// The object and page index whose contents it holds; `None` when free.
+    pub owner: Option<(ObjId, u64)>,
+    /// Touched since the clock hand last passed (a fault mapped it).
+    pub referenced: bool,
+}
+
+enum Storage {
+    Heap(Vec<Option<Box<[u8]>>>),
+    Shared { shm: Arc<SharedMemory>, view: View },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Heap(v) => write!(f, "Heap({} frames)", v.len()),
+            Self::Shared { shm, .. } => write!(f, "Shared({} bytes)", shm.len()),
+        }
+    }
+}
+
+/// The frame pool.
+#[derive(Debug)]
+pub(crate) struct Phys {
+    page: usize,
+    storage: Storage,
+    pub info: Vec<FrameInfo>,
+    free: Vec<u32>,
+    capacity: u32,
+    in_use: usize,
+}
+
+impl Phys {
+    /// A pool of at most `capacity` frames in heap buffers.
+    pub fn heap(page: usize, capacity: u32) -> Self {
+        Self::with(page, capacity, Storage::Heap(Vec::new()))
+    }
+
+    /// A pool of at most `capacity` frames in one memfd, which address spaces
+    /// map. Its pages take memory only once used.
+    pub fn shared(page: usize, capacity: u32) -> Result<Self, VmError> {
+        let bytes = capacity as usize * page;
+        let shm = SharedMemory::new(bytes).map_err(|e| VmError::Host(e.to_string()))?;
+        let view = shm
+            .map(Prot::READ_WRITE)
+            .map_err(|e| VmError::Host(e.to_string()))?;
+        Ok(Self::with(page, capacity, Storage::Shared { shm, view }))
+    }
+
+    fn with(page: usize, capacity: u32, storage: Storage) -> Self {
+        Self {
+            page,
+            storage,
+            info: Vec::new(),
+            free: Vec::new(),
+            capacity,
+            in_use: 0,
+        }
+    }
+
+    /// The memfd behind the frames, when they are host memory.
+    pub fn shared_memory(&self) -> Option<&Arc<SharedMemory>> {
+        match &self.storage {
+            Storage::Shared { shm, .. } => Some(shm),
+            Storage::Heap(_) => None,
+        }
+    }
+
+    /// The budget in frames.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Frames in use.
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    /// Frames that can be allocated without pageout.
+    pub fn available(&self) -> usize {
+        self.capacity as usize - self.in_use
+    }
+
+    /// A zero-filled frame now owned by `owner`, or `None` at the budget.
+    pub fn alloc(&mut self, owner: (ObjId, u64)) -> Option<Frame> {
+        let (f, recycled) = match self.free.pop() {
+            Some(f) => (f, true),
+            None if (self.info.len() as u32) < self.capacity => {
+                self.info.push(FrameInfo::default());
+                (self.info.len() as u32 - 1, false)
+            }
+            None => return None,
+        };
+        self.in_use += 1;
+        self.info[f as usize] = FrameInfo {
+            owner: Some(owner),
+            referenced: true,
+        };
+        // A never-used frame is already zero: fresh memfd pages read as zeros
+        // and heap frames are created zeroed.
+        if recycled {
+            self.page_mut(Frame(f)).fill(0);
+        }
+        Some(Frame(f))
+    }
+
+    /// Returns a frame to the pool. Its contents are dead.
+    pub fn free(&mut self, f: Frame) {
+        debug_assert!(
+            self.info[f.0 as usize].owner.is_some(),
+            "double free of {f:?}"
+        );
+        self.info[f.0 as usize] = FrameInfo::default();
+        self.free.push(f.0);
+        self.in_use -= 1;
+    }
+
+    /// The number of frame slots ever used (the clock's range).
+    pub fn slots(&self) -> usize {
+        self.info.len()
+    }
+
+    /// The contents of a frame.
+    pub fn page(&self, f: Frame) -> &[u8] {
+        match &self.storage {
+            Storage::Heap(v) => v
+                .get(f.0 as usize)
+                .and_then(Option::as_deref)
+                .unwrap_or(&ZERO_PAGE[..self.page]),
+            Storage::Shared { view, .. } => {
+                assert!((f.0 as usize) < self.info.len());
+                // SAFETY: the frame lies inside the view (its index is below
+                // the capacity the memfd was sized for), the view stays mapped
+                // read-write as long as `self`, and the vm layer reads a
+                // frame only while no translation lets another thread write
+                // it (it removes or write-protects them first), so no write
+                // races this shared borrow.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        view.as_ptr().add(f.0 as usize * self.page),
+                        self.page,
+                    )
+                }
+            }
+        }
+    }
+
+    /// The contents of a frame, to fill.
+    pub fn page_mut(&mut self, f: Frame) -> &mut [u8] {
+        let page = self.page;
+        match &mut self.storage {
+            Storage::Heap(v) => {
+                let i = f.0 as usize;
+                if v.len() <= i {
+                    v.resize_with(i + 1, || None);
+                }
+                v[i].get_or_insert_with(|| vec![0u8; page].into_boxed_slice())
+            }
+            Storage::Shared { view, .. } => {
+                assert!((f.0 as usize) < self.info.len());
+                // SAFETY: as in `page`; `&mut self` excludes other borrows
+                // through this pool, and the vm layer fills a frame before
+                // entering any translation of it, or after removing them all.
+                unsafe {
+                    std::slice::from_raw_parts_mut(view.as_ptr().add(f.0 as usize * page), page)
+                }
+            }
+        }
+    }
+
+    /// Copies frame `from` to frame `to`.
+    pub fn copy(&mut self, from: Frame, to: Frame) {
+        assert_ne!(from, to);
+        let page = self.page;
+        let slots = self.info.len();
+        match &mut self.storage {
+            Storage::Heap(_) => {
+                let src = self.page(from).to_vec();
+                self.page_mut(to).copy_from_slice(&src);
+            }
+            Storage::Shared { view, .. } => {
+                assert!((from.0 as usize) < slots && (to.0 as usize) < slots);
+                // SAFETY: both frames lie inside the view and are distinct,
+                // so the ranges do not overlap; as in `page_mut`, no
+                // translation lets another thread write either frame now.
+                unsafe {
+                    let base = view.as_ptr();
+                    std::ptr::copy_nonoverlapping(
+                        base.add(from.0 as usize * page),
+                        base.add(to.0 as usize * page),
+                        page,
+                    );
+                }
+            }
+        }
+    }
+}
+
+static ZERO_PAGE: [u8; 65536] = [0; 65536];

@@ -1,0 +1,368 @@
+//! The pmap: the machine-dependent cache of translations (seed 003).
+//!
+//! The vm layer tells the pmap about every translation it wants
+//! ([`Pmap::enter`], on a fault) and every change of meaning
+//! ([`Pmap::remove`], [`Pmap::protect`]), and asks which pages map a frame
+//! ([`Pmap::pages_of`]). The
+//! pmap may also forget any translation at any time, for its own reasons
+//! (too many host mappings, memory pressure): the vm layer never relies on
+//! one existing, only on none existing that it did not allow. That is what
+//! makes the pmap lazy, and what [`Forgetful`] tests.
+
+use crate::error::VmError;
+use crate::object::PageMap;
+use crate::phys::Frame;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use vmprim_prim::map2::SharedMemory;
+use vmprim_prim::Prot;
+
+/// A cache of virtual-to-physical translations for one address space,
+/// addressed by virtual page number (page index in the space).
+pub trait Pmap: Send + fmt::Debug {
+    /// Maps page `vpn` to `frame` with `prot`, replacing any translation.
+    fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError>;
+    /// Drops every translation of pages in `vpns`.
+    fn remove(&mut self, vpns: Range<u64>);
+    /// Lowers the translations of pages in `vpns` to at most `prot`.
+    fn protect(&mut self, vpns: Range<u64>, prot: Prot);
+    /// The pages translated to `frame` (Mach's pv list).
+    fn pages_of(&self, frame: Frame) -> Vec<u64>;
+    /// The translation of `vpn`, if the pmap has one.
+    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)>;
+    /// How many translations it holds.
+    fn translations(&self) -> usize;
+    /// A new, empty pmap of the same kind for a space of `pages` pages whose
+    /// frames are `frames` (for a forked address space).
+    fn create(
+        &self,
+        pages: u64,
+        frames: Option<&Arc<SharedMemory>>,
+    ) -> Result<Box<dyn Pmap>, VmError>;
+    /// The host address of page 0, when the translations are real ones that
+    /// plain loads and stores use.
+    fn host_base(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A run of consecutive pages and the protection they now have.
+pub type ProtRun = (Range<u64>, Prot);
+
+/// The bookkeeping every pmap keeps: translations by page, the writable
+/// ones (so write-protecting a range costs what was written, not its size),
+/// and the pages that map each frame (Mach's pv lists).
+#[derive(Debug, Default)]
+pub struct Translations {
+    map: BTreeMap<u64, (Frame, Prot)>,
+    writable: BTreeSet<u64>,
+    first: PageMap<u32, u64>,
+    more: PageMap<u32, Vec<u64>>,
+}
+
+impl Translations {
+    /// Records `vpn -> (frame, prot)`, returning the translation it replaced.
+    pub fn insert(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Option<(Frame, Prot)> {
+        let old = self.map.insert(vpn, (frame, prot));
+        if let Some((f, _)) = old {
+            if f != frame {
+                self.unlink(f, vpn);
+                self.link(frame, vpn);
+            }
+        } else {
+            self.link(frame, vpn);
+        }
+        if prot.contains(Prot::WRITE) {
+            self.writable.insert(vpn);
+        } else {
+            self.writable.remove(&vpn);
+        }
+        old
+    }
+
+    /// The translation of `vpn`.
+    pub fn get(&self, vpn: u64) -> Option<(Frame, Prot)> {
+        self.map.get(&vpn).copied()
+    }
+
+    /// How many translations there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Removes the translations in `vpns`; returns the runs of consecutive
+    /// pages removed.
+    pub fn remove_range(&mut self, vpns: Range<u64>) -> Vec<Range<u64>> {
+        let gone: Vec<(u64, Frame)> = self.map.range(vpns).map(|(&v, &(f, _))| (v, f)).collect();
+        for &(v, f) in &gone {
+            self.map.remove(&v);
+            self.writable.remove(&v);
+            self.unlink(f, v);
+        }
+        runs(gone.into_iter().map(|(v, _)| v))
+    }
+
+    /// Lowers the translations in `vpns` to at most `prot`; returns the runs
+    /// of pages changed, each with its new protection, and the runs removed
+    /// (all of them, when `prot` has no read).
+    pub fn protect_range(
+        &mut self,
+        vpns: Range<u64>,
+        prot: Prot,
+    ) -> (Vec<ProtRun>, Vec<Range<u64>>) {
+        if !prot.contains(Prot::READ) {
+            return (Vec::new(), self.remove_range(vpns));
+        }
+        let candidates: Vec<u64> = if prot.contains(Prot::WRITE) {
+            self.map.range(vpns).map(|(&v, _)| v).collect()
+        } else {
+            self.writable.range(vpns).copied().collect()
+        };
+        let mut changed: Vec<ProtRun> = Vec::new();
+        for v in candidates {
+            let (f, old) = self.map[&v];
+            let new = old & prot;
+            if new == old {
+                continue;
+            }
+            self.insert(v, f, new);
+            match changed.last_mut() {
+                Some((r, p)) if r.end == v && *p == new => r.end += 1,
+                _ => changed.push((v..v + 1, new)),
+            }
+        }
+        (changed, Vec::new())
+    }
+
+    /// The pages that map `frame`.
+    pub fn pages_of(&self, frame: Frame) -> Vec<u64> {
+        let mut v: Vec<u64> = self.first.get(&frame.0).copied().into_iter().collect();
+        if let Some(m) = self.more.get(&frame.0) {
+            v.extend_from_slice(m);
+        }
+        v
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    fn link(&mut self, f: Frame, vpn: u64) {
+        if let Some(&first) = self.first.get(&f.0) {
+            debug_assert_ne!(first, vpn);
+            self.more.entry(f.0).or_default().push(vpn);
+        } else {
+            self.first.insert(f.0, vpn);
+        }
+    }
+
+    fn unlink(&mut self, f: Frame, vpn: u64) {
+        if self.first.get(&f.0) == Some(&vpn) {
+            match self.more.get_mut(&f.0).and_then(Vec::pop) {
+                Some(next) => {
+                    self.first.insert(f.0, next);
+                    if self.more.get(&f.0).is_some_and(Vec::is_empty) {
+                        self.more.remove(&f.0);
+                    }
+                }
+                None => {
+                    self.first.remove(&f.0);
+                }
+            }
+        } else if let Some(m) = self.more.get_mut(&f.0) {
+            m.retain(|&v| v != vpn);
+            if m.is_empty() {
+                self.more.remove(&f.0);
+            }
+        }
+    }
+}
+
+/// Groups an increasing sequence of page numbers into runs.
+pub(crate) fn runs(pages: impl Iterator<Item = u64>) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for v in pages {
+        match out.last_mut() {
+            Some(r) if r.end == v => r.end += 1,
+            _ => out.push(v..v + 1),
+        }
+    }
+    out
+}
+
+/// A software page table: the whole vm layer runs on it without a single
+/// hardware fault. Accesses go through
+/// [`AddressSpace::read`](crate::AddressSpace::read) and
+/// [`write`](crate::AddressSpace::write), which fault into the vm layer
+/// whenever the table lacks a translation allowing them.
+#[derive(Debug, Default)]
+pub struct SimPmap {
+    t: Translations,
+}
+
+impl SimPmap {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Pmap for SimPmap {
+    fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError> {
+        self.t.insert(vpn, frame, prot);
+        Ok(())
+    }
+    fn remove(&mut self, vpns: Range<u64>) {
+        self.t.remove_range(vpns);
+    }
+    fn protect(&mut self, vpns: Range<u64>, prot: Prot) {
+        self.t.protect_range(vpns, prot);
+    }
+    fn pages_of(&self, frame: Frame) -> Vec<u64> {
+        self.t.pages_of(frame)
+    }
+    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)> {
+        self.t.get(vpn)
+    }
+    fn translations(&self) -> usize {
+        self.t.len()
+    }
+    fn create(
+        &self,
+        _pages: u64,
+        _frames: Option<&Arc<SharedMemory>>,
+    ) -> Result<Box<dyn Pmap>, VmError> {
+        Ok(Box::new(Self::new()))
+    }
+}
+
+/// A pmap that forgets: wraps another and, after its calls, drops
+/// translations at random (sometimes the one just entered, sometimes a
+/// neighbourhood, now and then all of them). The vm layer must stay correct
+/// on it; the tests run the model on it.
+#[derive(Debug)]
+pub struct Forgetful {
+    inner: Box<dyn Pmap>,
+    pages: u64,
+    state: u64,
+}
+
+impl Forgetful {
+    /// Wraps `inner`, a pmap for `pages` pages, with a seeded generator.
+    pub fn new(inner: Box<dyn Pmap>, pages: u64, seed: u64) -> Self {
+        Self {
+            inner,
+            pages: pages.max(1),
+            state: seed | 1,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    fn forget(&mut self, just: Option<u64>) {
+        let r = self.next();
+        match r % 64 {
+            0 => self.inner.remove(0..self.pages),
+            1..=8 => {
+                if let Some(v) = just {
+                    self.inner.remove(v..v + 1);
+                }
+            }
+            9..=16 => {
+                let v = (r >> 8) % self.pages;
+                self.inner
+                    .remove(v.saturating_sub(8)..(v + 8).min(self.pages));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Pmap for Forgetful {
+    fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError> {
+        self.inner.enter(vpn, frame, prot)?;
+        self.forget(Some(vpn));
+        Ok(())
+    }
+    fn remove(&mut self, vpns: Range<u64>) {
+        self.inner.remove(vpns);
+        self.forget(None);
+    }
+    fn protect(&mut self, vpns: Range<u64>, prot: Prot) {
+        self.inner.protect(vpns, prot);
+        self.forget(None);
+    }
+    fn pages_of(&self, frame: Frame) -> Vec<u64> {
+        self.inner.pages_of(frame)
+    }
+    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)> {
+        self.inner.extract(vpn)
+    }
+    fn translations(&self) -> usize {
+        self.inner.translations()
+    }
+    fn create(
+        &self,
+        pages: u64,
+        frames: Option<&Arc<SharedMemory>>,
+    ) -> Result<Box<dyn Pmap>, VmError> {
+        let inner = self.inner.create(pages, frames)?;
+        Ok(Box::new(Self::new(
+            inner,
+            pages,
+            self.state.rotate_left(17),
+        )))
+    }
+    fn host_base(&self) -> Option<usize> {
+        self.inner.host_base()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translations_track_frames_and_writable_pages() {
+        let mut t = Translations::default();
+        t.insert(1, Frame(7), Prot::READ_WRITE);
+        t.insert(2, Frame(7), Prot::READ);
+        t.insert(5, Frame(8), Prot::READ_WRITE);
+        assert_eq!(t.pages_of(Frame(7)), vec![1, 2]);
+        let (changed, removed) = t.protect_range(0..10, Prot::READ);
+        assert_eq!(
+            (changed, removed),
+            (vec![(1..2, Prot::READ), (5..6, Prot::READ)], vec![])
+        );
+        assert_eq!(t.get(1), Some((Frame(7), Prot::READ)));
+        assert!(t.writable.is_empty());
+        assert_eq!(t.remove_range(1..3), vec![1..3]);
+        assert!(t.pages_of(Frame(7)).is_empty());
+        t.insert(5, Frame(9), Prot::READ);
+        assert!(t.pages_of(Frame(8)).is_empty());
+        assert_eq!(t.pages_of(Frame(9)), vec![5]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn runs_group_consecutive_pages() {
+        assert_eq!(
+            runs([1, 2, 3, 7, 9, 10].into_iter()),
+            vec![1..4, 7..8, 9..11]
+        );
+        assert!(runs(std::iter::empty()).is_empty());
+    }
+}

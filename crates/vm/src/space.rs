@@ -817,6 +817,15 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Makes the pmap forget every translation in the range, as it may at
+    /// any time on its own: the next access to each page faults and is
+    /// resolved again. Nothing else changes.
+    pub fn forget_translations(&self, offset: usize, len: usize) -> Result<(), VmError> {
+        let r = self.pages_of(offset, len)?;
+        self.machine.lock().space_mut(self.id).pmap.remove(r);
+        Ok(())
+    }
+
     /// Installs the handler for faults the vm layer cannot resolve (unmapped,
     /// protection, pager failure). On the real MMU it runs in signal context
     /// on the faulting thread, without the vm layer's lock: it may call this

@@ -63,8 +63,12 @@ pub const MIN_BUDGET: usize = 16;
 pub enum Share {
     /// Writes go to the object, and every mapping of it sees them.
     Shared,
-    /// Writes go to a private shadow; the object is never changed through
-    /// this mapping (copy on write).
+    /// A copy of the object's window as of the moment of mapping, made
+    /// lazily: writes go to a private shadow, and later writes to the
+    /// object through other mappings push the old contents aside first, so
+    /// this mapping never sees them (Mach's copy semantics; POSIX leaves
+    /// that case of `MAP_PRIVATE` unspecified). Changes made to a file
+    /// behind vmprim's back (`write(2)`) are not caught.
     #[default]
     Private,
 }
@@ -160,7 +164,7 @@ impl<'a> Mapping<'a> {
         self
     }
 
-    /// Copy-on-write: the object is never written through this mapping.
+    /// Copy-on-write ([`Share::Private`]).
     pub fn private(mut self) -> Self {
         self.share = Share::Private;
         self
@@ -594,12 +598,8 @@ impl AddressSpace {
                 .insert(Object::new(ObjectKind::Anonymous, pages, None)),
             (Some(o), Share::Shared) => o.id,
             (Some(o), Share::Private) => {
-                let size = st.objects.get(o.id).size;
-                let mut s = Object::new(ObjectKind::Shadow, size, None);
-                s.backing = Some(o.id);
-                let s = st.objects.insert(s);
-                st.objects.get_mut(o.id).shadowed_by.push(s);
-                s
+                let first = (m.offset / p) as u64;
+                st.copy_of(o.id, first..first + pages)
             }
         };
         st.objects.get_mut(object).entry_refs += 1;
@@ -1082,15 +1082,27 @@ impl State {
         }
     }
 
-    /// Maps the entry `e` of space `src` copy-on-write at page `at` of space
-    /// `dst`: a new copy object keeps `e`'s object as of now, and a private
-    /// shadow over the copy takes the new mapping's writes.
+    /// Maps the entry `e` copy-on-write at page `at` of space `dst`.
     fn copy_entry(&mut self, e: &Entry, dst: usize, at: u64) {
-        let t = e.object;
+        let s = self.copy_of(e.object, e.window());
+        self.objects.get_mut(s).entry_refs += 1;
+        self.space_mut(dst).map.insert(Entry {
+            start: at,
+            end: at + (e.end - e.start),
+            object: s,
+            ..e.clone()
+        });
+    }
+
+    /// A copy-on-write view of pages `window` of `t` as they are now: a new
+    /// copy object keeps them (it receives each page's old contents before
+    /// `t` changes it), and a new private shadow over the copy, returned
+    /// with no references yet, takes the view's own writes.
+    fn copy_of(&mut self, t: ObjId, window: Range<u64>) -> ObjId {
         let size = self.objects.get(t).size;
         let mut c = Object::new(ObjectKind::Copy, size, None);
         c.backing = Some(t);
-        c.keeps = e.window();
+        c.keeps = window;
         let c = self.objects.insert(c);
         if let Some(old) = self.objects.get(t).copy {
             // The older copy now reads what it lacks through the new one,
@@ -1108,15 +1120,8 @@ impl State {
         to.shadowed_by.push(c);
         let mut s = Object::new(ObjectKind::Shadow, size, None);
         s.backing = Some(c);
-        s.entry_refs = 1;
         let s = self.objects.insert(s);
         self.objects.get_mut(c).shadowed_by.push(s);
-        self.space_mut(dst).map.insert(Entry {
-            start: at,
-            end: at + (e.end - e.start),
-            object: s,
-            ..e.clone()
-        });
         // Nothing may write `t`'s kept pages in place any more without
         // faulting first: lower every writable translation of them, in
         // every mapping of `t`. Only pages written since the last snapshot
@@ -1136,6 +1141,7 @@ impl State {
                 sp.pmap.protect(r, Prot::READ);
             }
         }
+        s
     }
 
     /// Frees frames until `n` are available, by the clock.

@@ -1,0 +1,79 @@
+//! Shared by the vm layer's integration tests: the kinds of space to run
+//! each test on.
+
+#![allow(dead_code, reason = "each test binary uses part of it")]
+
+use std::sync::Arc;
+use vmprim_vm::{AddressSpace, Config, Forgetful, FrameStore, HostPmap, VmError};
+
+/// The page size.
+pub const P: usize = 4096;
+
+/// The pmaps a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The software page table.
+    Sim,
+    /// The software page table, forgetting at random.
+    ForgetfulSim,
+    /// The real MMU.
+    Host,
+    /// The real MMU, forgetting at random.
+    ForgetfulHost,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [
+        Kind::Sim,
+        Kind::ForgetfulSim,
+        Kind::Host,
+        Kind::ForgetfulHost,
+    ];
+
+    /// Whether plain loads and stores work on the space.
+    pub fn is_host(self) -> bool {
+        matches!(self, Kind::Host | Kind::ForgetfulHost)
+    }
+
+    /// A space of `len` bytes of this kind.
+    pub fn space(self, len: usize, config: Config, seed: u64) -> Result<AddressSpace, VmError> {
+        match self {
+            Kind::Sim => AddressSpace::simulated(len, config),
+            Kind::Host => AddressSpace::new(len, config),
+            Kind::ForgetfulSim => {
+                AddressSpace::with_pmap(len, config, FrameStore::Heap, |pages, _| {
+                    Ok(Box::new(Forgetful::new(
+                        Box::new(vmprim_vm::SimPmap::new()),
+                        pages,
+                        seed,
+                    )))
+                })
+            }
+            Kind::ForgetfulHost => {
+                AddressSpace::with_pmap(len, config, FrameStore::Host, |pages, frames| {
+                    let frames: &Arc<_> = frames.ok_or(VmError::Config("no frames"))?;
+                    let host = HostPmap::new(pages, frames.clone())?;
+                    Ok(Box::new(Forgetful::new(Box::new(host), pages, seed)))
+                })
+            }
+        }
+    }
+}
+
+/// Reads one byte at `offset` with a plain load.
+pub fn load(space: &AddressSpace, offset: usize) -> u8 {
+    let base = space.host_base().expect("a host space");
+    assert!(offset < space.len());
+    // SAFETY: the address lies inside the space's reserved range; a fault is
+    // resolved by the vm layer or, if unresolvable, is the test's failure.
+    unsafe { base.add(offset).read_volatile() }
+}
+
+/// Writes one byte at `offset` with a plain store.
+pub fn store(space: &AddressSpace, offset: usize, value: u8) {
+    let base = space.host_base().expect("a host space");
+    assert!(offset < space.len());
+    // SAFETY: as in `load`.
+    unsafe { base.add(offset).write_volatile(value) }
+}

@@ -1499,3 +1499,62 @@ impl Space {
         self.pmap.pages_of(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The machine-independent layer on the software pmap, small enough for
+    //! Miri (`cargo +nightly miri test -p vmprim-vm --lib`).
+
+    use super::*;
+    use crate::pager::MemPager;
+
+    #[test]
+    fn snapshots_private_mappings_pageout_and_collapse_on_the_software_pmap() {
+        let p = page_size();
+        let space = AddressSpace::simulated(64 * p, Config::default().budget(MIN_BUDGET)).unwrap();
+        let store = Arc::new(MemPager::new());
+        let obj = space.create_paged(store.clone(), 8 * p).unwrap();
+        let shared = space.map(Mapping::object(&obj, 0, 8 * p)).unwrap();
+        let anon = space.map(Mapping::anonymous(24 * p)).unwrap();
+        for i in 0..24 {
+            space.write(anon + i * p + 3, &[i as u8; 2]).unwrap();
+        }
+        for i in 0..8 {
+            space.write(shared + i * p, &[0xA0 + i as u8]).unwrap();
+        }
+        let private = space
+            .map(Mapping::object(&obj, 0, 8 * p).private())
+            .unwrap();
+        let snap = space.snapshot(anon, 24 * p).unwrap();
+        space.write(shared, &[1]).unwrap();
+        space.write(anon + 5 * p + 3, &[0xFF]).unwrap();
+        let mut b = [0u8; 2];
+        space.read(private, &mut b[..1]).unwrap();
+        assert_eq!(
+            b[0], 0xA0,
+            "the private mapping is a copy as of mapping time"
+        );
+        for i in 0..24 {
+            space.read(snap + i * p + 3, &mut b).unwrap();
+            assert_eq!(b, [i as u8; 2], "snapshot page {i}");
+        }
+        space.read(anon + 5 * p + 3, &mut b).unwrap();
+        assert_eq!(b, [0xFF, 5]);
+        let s = space.stats();
+        assert!(
+            s.resident_pages <= MIN_BUDGET && s.pageouts > 0 && s.swapped_pages > 0,
+            "{s:?}"
+        );
+        assert!(s.pushes >= 2, "{s:?}");
+        space.unmap(snap, 24 * p).unwrap();
+        space.unmap(private, 8 * p).unwrap();
+        assert_eq!(space.chain(anon).unwrap(), vec![ObjectKind::Anonymous]);
+        space.sync(shared, 8 * p).unwrap();
+        let mut page = vec![0u8; p];
+        store.page_in(3, &mut page).unwrap();
+        assert_eq!(page[0], 0xA3, "sync reached the pager");
+        drop(obj);
+        space.unmap(shared, 8 * p).unwrap();
+        assert_eq!(space.stats().objects, 1);
+    }
+}

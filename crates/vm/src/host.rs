@@ -149,6 +149,38 @@ impl Pmap for HostPmap {
         Ok(())
     }
 
+    fn enter_run(&mut self, vpn: u64, first: Frame, n: u64, prot: Prot) -> Result<(), VmError> {
+        let (off, len) = (vpn as usize * self.page, n as usize * self.page);
+        // One mapping replaces the run when each page has no translation or
+        // one to its own frame (an upgrade).
+        let same = |k: u64| {
+            self.t
+                .get(vpn + k)
+                .is_none_or(|(f, _)| f.0 == first.0 + k as u32)
+        };
+        if off + len > self.region.len() || !(0..n).all(same) {
+            return (0..n).try_for_each(|k| self.enter(vpn + k, Frame(first.0 + k as u32), prot));
+        }
+        if self.unmerged >= self.limit {
+            self.must_flush("forget translations");
+        }
+        if !self.merges(vpn, first, prot) {
+            self.unmerged += 1;
+        }
+        let at = first.0 as usize * self.page;
+        if self
+            .frames
+            .map_into(&self.region, off, at, len, prot)
+            .is_err()
+        {
+            return (0..n).try_for_each(|k| self.enter(vpn + k, Frame(first.0 + k as u32), prot));
+        }
+        for k in 0..n {
+            self.t.insert(vpn + k, Frame(first.0 + k as u32), prot);
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, vpns: Range<u64>) {
         let runs = self.t.remove_range(vpns);
         self.reset_runs(runs);

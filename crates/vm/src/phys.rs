@@ -124,6 +124,26 @@ impl Phys {
         Some(Frame(f))
     }
 
+    /// `n` consecutive never-used (so zero) frames, the `k`th owned by
+    /// `owner(k)`, or `None` if the never-used part of the pool is too
+    /// small or the budget too close.
+    pub fn alloc_run(&mut self, n: u32, owner: impl Fn(u32) -> (ObjId, u64)) -> Option<Frame> {
+        let first = self.info.len() as u32;
+        if first.checked_add(n)? > self.capacity
+            || self.in_use + n as usize > self.capacity as usize
+        {
+            return None;
+        }
+        for k in 0..n {
+            self.info.push(FrameInfo {
+                owner: Some(owner(k)),
+                referenced: true,
+            });
+        }
+        self.in_use += n as usize;
+        Some(Frame(first))
+    }
+
     /// Returns a frame to the pool. Its contents are dead.
     pub fn free(&mut self, f: Frame) {
         debug_assert!(

@@ -24,6 +24,14 @@ use vmprim_prim::Prot;
 pub trait Pmap: Send + fmt::Debug {
     /// Maps page `vpn` to `frame` with `prot`, replacing any translation.
     fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError>;
+    /// Maps pages `vpn..vpn + n` to frames `first..first + n` with `prot`
+    /// (pages without a translation).
+    fn enter_run(&mut self, vpn: u64, first: Frame, n: u64, prot: Prot) -> Result<(), VmError> {
+        for k in 0..n {
+            self.enter(vpn + k, Frame(first.0 + k as u32), prot)?;
+        }
+        Ok(())
+    }
     /// Drops every translation of pages in `vpns`.
     fn remove(&mut self, vpns: Range<u64>);
     /// Lowers the translations of pages in `vpns` to at most `prot`.
@@ -295,6 +303,11 @@ impl Pmap for Forgetful {
     fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError> {
         self.inner.enter(vpn, frame, prot)?;
         self.forget(Some(vpn));
+        Ok(())
+    }
+    fn enter_run(&mut self, vpn: u64, first: Frame, n: u64, prot: Prot) -> Result<(), VmError> {
+        self.inner.enter_run(vpn, first, n, prot)?;
+        self.forget(Some(vpn + n - 1));
         Ok(())
     }
     fn remove(&mut self, vpns: Range<u64>) {

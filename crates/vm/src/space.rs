@@ -29,6 +29,13 @@ pub struct Config {
     /// The frame pool's size when there is no budget (address space only:
     /// frames take memory when used).
     pub max_frames: usize,
+    /// The most pages one write fault zero-fills and maps at once when
+    /// faults walk forward through fresh anonymous memory (1: never more
+    /// than the faulting page). The window doubles with each fault that
+    /// lands where the last one ended, like readahead, and falls back to
+    /// one page on any other fault, so random access never fills a page it
+    /// did not touch.
+    pub fault_around: usize,
 }
 
 impl Default for Config {
@@ -37,6 +44,7 @@ impl Default for Config {
             budget_pages: None,
             swap_dir: None,
             max_frames: 1 << 22,
+            fault_around: 16,
         }
     }
 }
@@ -226,6 +234,10 @@ struct Space {
     pmap: Box<dyn Pmap>,
     pages: u64,
     handler: Option<Arc<Handler>>,
+    /// Where the next fault lands if faults walk forward.
+    next_seq: u64,
+    /// The current fault-around window, in pages.
+    window: u64,
 }
 
 /// Everything behind one family of spaces, under one lock.
@@ -237,6 +249,7 @@ struct State {
     swap: Option<Swap>,
     swap_dir: Option<PathBuf>,
     hand: usize,
+    fault_around: u64,
     n: Counters,
 }
 
@@ -410,8 +423,9 @@ impl AddressSpace {
             objects: Objects::default(),
             phys,
             swap: None,
-            swap_dir: config.swap_dir,
+            swap_dir: config.swap_dir.clone(),
             hand: 0,
+            fault_around: config.fault_around.clamp(1, 512) as u64,
             n: Counters::default(),
         };
         let machine = Arc::new(Machine {
@@ -434,6 +448,8 @@ impl AddressSpace {
                 pmap,
                 pages: (len / st.page) as u64,
                 handler: None,
+                next_seq: u64::MAX,
+                window: 1,
             };
             match st.spaces.iter().position(Option::is_none) {
                 Some(i) => {
@@ -1320,6 +1336,72 @@ impl State {
         Ok((top, f))
     }
 
+    /// Whether page `i` of `t` is fresh zero-fill memory: no object of the
+    /// chain has it, the bottom has no pager, and no copy awaits its old
+    /// contents.
+    fn fresh(&self, t: ObjId, i: u64) -> bool {
+        let mut o = t;
+        loop {
+            let obj = self.objects.get(o);
+            if obj.pages.contains_key(&i) {
+                return false;
+            }
+            match obj.backing {
+                Some(b) => o = b,
+                None => break,
+            }
+        }
+        self.objects.get(o).pager.is_none() && self.push_pending(t, i).is_none()
+    }
+
+    /// Fault-around for a write walking forward through fresh memory: fills
+    /// up to the space's window of pages from `vpn` (those still fresh and
+    /// untranslated, before the entry's `end`) with consecutive zero frames
+    /// and maps them writable with one pmap call. The pages count as dirty:
+    /// writes to them no longer fault. Returns how many pages it mapped, or
+    /// `None` to take the one-page path (no room, or no run of frames).
+    fn zero_fill_run(
+        &mut self,
+        sid: usize,
+        vpn: u64,
+        t: ObjId,
+        i: u64,
+        end: u64,
+        prot: Prot,
+    ) -> Result<Option<u64>, ViolationKind> {
+        let window = self.space(sid).window.min(end - vpn);
+        let mut n = 1;
+        while n < window && self.space(sid).pmap.extract(vpn + n).is_none() && self.fresh(t, i + n)
+        {
+            n += 1;
+        }
+        // Speculative pages never push others out.
+        if self.phys.available() < n as usize + 3 {
+            return Ok(None);
+        }
+        let Some(first) = self.phys.alloc_run(n as u32, |k| (t, i + u64::from(k))) else {
+            return Ok(None);
+        };
+        let pages = &mut self.objects.get_mut(t).pages;
+        for k in 0..n {
+            let frame = Frame(first.0 + k as u32);
+            pages.insert(
+                i + k,
+                PageState::Resident {
+                    frame,
+                    dirty: true,
+                    slot: None,
+                },
+            );
+        }
+        self.n.zero_fills += n;
+        self.space_mut(sid)
+            .pmap
+            .enter_run(vpn, first, n, prot)
+            .map_err(|_| ViolationKind::NoMemory)?;
+        Ok(Some(n))
+    }
+
     /// Whether writing page `i` of `t` must first push its old contents
     /// into `t`'s copy object.
     fn push_pending(&self, t: ObjId, i: u64) -> Option<ObjId> {
@@ -1347,23 +1429,27 @@ impl State {
                 return Ok(());
             }
         }
-        let (t, i, prot) = (e.object, e.index(vpn), e.prot);
+        let (t, i, prot, end) = (e.object, e.index(vpn), e.prot, e.end);
         self.n.faults += 1;
+        let most = self.fault_around;
+        let sp = self.space_mut(sid);
+        sp.window = if vpn == sp.next_seq {
+            (sp.window * 2).min(most)
+        } else {
+            1
+        };
+        sp.next_seq = vpn + 1;
+        if access == Access::Write && self.space(sid).window > 1 && self.fresh(t, i) {
+            if let Some(n) = self.zero_fill_run(sid, vpn, t, i, end, prot)? {
+                self.space_mut(sid).next_seq = vpn + n;
+                return Ok(());
+            }
+        }
         self.reserve(3)?;
         let (h, mut f) = self.resolve(t, i)?;
         if access == Access::Write {
             if let Some(c) = self.push_pending(t, i) {
-                let g = self.alloc((c, i));
-                self.phys.copy(f, g);
-                let page = PageState::Resident {
-                    frame: g,
-                    dirty: true,
-                    slot: None,
-                };
-                self.objects.get_mut(c).pages.insert(i, page);
-                self.n.pushes += 1;
-                // Mappings that saw `f` through the copy must now see `g`.
-                self.unmap_frame(f, Some((sid, vpn)));
+                self.push(c, i, f, (sid, vpn));
             }
             if h != t {
                 let g = self.alloc((t, i));
@@ -1377,20 +1463,10 @@ impl State {
                 self.n.cow_copies += 1;
                 self.unmap_frame(f, Some((sid, vpn)));
                 f = g;
-            } else if let Some(PageState::Resident { dirty, slot, .. }) =
-                self.objects.get_mut(t).pages.get_mut(&i)
-            {
-                *dirty = true;
-                if let Some(s) = slot.take() {
-                    self.swap.as_mut().expect("slot implies swap").free(s);
-                }
+            } else {
+                self.make_dirty(t, i);
             }
-            self.phys.info[f.0 as usize].referenced = true;
-            return self
-                .space_mut(sid)
-                .pmap
-                .enter(vpn, f, prot)
-                .map_err(|_| ViolationKind::NoMemory);
+            return self.map_run(sid, (vpn, t, i, end), f, prot, true);
         }
         let dirty = matches!(
             self.objects.get(h).pages.get(&i),
@@ -1402,11 +1478,109 @@ impl State {
         } else {
             prot.without(Prot::WRITE)
         };
+        self.map_run(sid, (vpn, t, i, end), f, prot, false)
+    }
+
+    /// The resident page `i` as `t` shows it, without paging anything in:
+    /// its holder, frame and dirtiness.
+    fn peek(&self, t: ObjId, i: u64) -> Option<(ObjId, Frame, bool)> {
+        let mut o = t;
+        loop {
+            let obj = self.objects.get(o);
+            match obj.pages.get(&i) {
+                Some(&PageState::Resident { frame, dirty, .. }) => return Some((o, frame, dirty)),
+                Some(PageState::Swapped(_)) => return None,
+                None => o = obj.backing?,
+            }
+        }
+    }
+
+    /// Enters the faulting page `vpn` (page `i` of `t`, in an entry ending
+    /// at `end`) as frame `f` with `prot`, and, when faults walk forward,
+    /// the following pages too where that costs no I/O and no pageout
+    /// (map-around): pages already resident in the next frames, with the
+    /// same rights. For a write they are made dirty, pushing to a copy
+    /// first where one waits, as the fault would; so one pmap call serves
+    /// the run.
+    fn map_run(
+        &mut self,
+        sid: usize,
+        (vpn, t, i, end): (u64, ObjId, u64, u64),
+        f: Frame,
+        prot: Prot,
+        write: bool,
+    ) -> Result<(), ViolationKind> {
+        let window = self.space(sid).window.min(end - vpn);
+        let mut n = 1;
+        while n < window {
+            let (v, j, g) = (vpn + n, i + n, Frame(f.0 + n as u32));
+            match self.space(sid).pmap.extract(v) {
+                None => {}
+                Some((have, _)) if have == g => {}
+                Some(_) => break,
+            }
+            let Some((h, frame, dirty)) = self.peek(t, j) else {
+                break;
+            };
+            if frame != g {
+                break;
+            }
+            let pending = self.push_pending(t, j);
+            if write {
+                if h != t || (pending.is_some() && self.phys.available() < 4) {
+                    break;
+                }
+                if let Some(c) = pending {
+                    self.push(c, j, g, (sid, v));
+                }
+                self.make_dirty(t, j);
+            } else {
+                let writable = h == t && dirty && pending.is_none();
+                if (if writable {
+                    prot
+                } else {
+                    prot.without(Prot::WRITE)
+                }) != prot
+                {
+                    break;
+                }
+            }
+            self.phys.info[g.0 as usize].referenced = true;
+            n += 1;
+        }
         self.phys.info[f.0 as usize].referenced = true;
+        self.space_mut(sid).next_seq = vpn + n;
         self.space_mut(sid)
             .pmap
-            .enter(vpn, f, prot)
+            .enter_run(vpn, f, n, prot)
             .map_err(|_| ViolationKind::NoMemory)
+    }
+
+    /// Pushes frame `f` (page `i` of the object `c` copies) into `c`.
+    fn push(&mut self, c: ObjId, i: u64, f: Frame, keep: (usize, u64)) {
+        let g = self.alloc((c, i));
+        self.phys.copy(f, g);
+        let page = PageState::Resident {
+            frame: g,
+            dirty: true,
+            slot: None,
+        };
+        self.objects.get_mut(c).pages.insert(i, page);
+        self.n.pushes += 1;
+        // Mappings that saw `f` through the copy must now see `g`.
+        self.unmap_frame(f, Some(keep));
+    }
+
+    /// Marks page `i` of `t` (resident) dirty; its swap copy is stale.
+    fn make_dirty(&mut self, t: ObjId, i: u64) {
+        if let Some(PageState::Resident { dirty, slot, .. }) =
+            self.objects.get_mut(t).pages.get_mut(&i)
+        {
+            *dirty = true;
+            if let Some(s) = slot.take() {
+                self.swap.as_mut().expect("slot implies swap").free(s);
+            }
+        }
     }
 
     /// Called after a reference to `o` went away: frees it when none is

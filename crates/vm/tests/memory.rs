@@ -66,5 +66,11 @@ fn shared_pages_and_unwritten_snapshot_pages_take_one_physical_page() {
         grew > 0.8 * quarter && grew < 1.3 * quarter,
         "writing a quarter grew Pss by {grew}"
     );
-    assert_eq!(space.stats().resident_pages, PAGES + PAGES / 4);
+    // Map-around may push up to one window of pages past the written ones.
+    let resident = space.stats().resident_pages;
+    let around = Config::default().fault_around;
+    assert!(
+        (PAGES + PAGES / 4..=PAGES + PAGES / 4 + around).contains(&resident),
+        "{resident} frames"
+    );
 }

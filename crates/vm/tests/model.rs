@@ -25,6 +25,7 @@ enum Op {
     Protect { at: usize, len: usize, write: bool },
     Snapshot { at: usize, len: usize },
     Write { page: usize, off: usize, val: u8 },
+    Sweep { page: usize, n: usize, val: u8 },
     Read { page: usize },
     Evict { at: usize, len: usize },
     Forget { at: usize, len: usize },
@@ -42,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => range.clone().prop_map(|(at, len)| Op::Snapshot { at, len }),
         8 => (0..PAGES, 0..P - 8, any::<u8>()).prop_map(|(page, off, val)| Op::Write { page, off, val }),
         4 => (0..PAGES).prop_map(|page| Op::Read { page }),
+        3 => (0..PAGES, 2..12usize, any::<u8>()).prop_map(|(page, n, val)| Op::Sweep { page, n, val }),
         1 => range.clone().prop_map(|(at, len)| Op::Evict { at, len }),
         1 => range.clone().prop_map(|(at, len)| Op::Forget { at, len }),
         1 => range.prop_map(|(at, len)| Op::Sync { at, len }),
@@ -218,29 +220,12 @@ fn run(kind: Kind, paged: bool, ops: &[Op], seed: u64) -> Result<(), TestCaseErr
                 }
             }
             Op::Write { page, off, val } => {
-                let bytes = [val, val ^ 1, val ^ 2, val ^ 3, val, val, val, !val];
-                let plain = kind.is_host() && step % 2 == 0;
-                let expect = m.pages[page];
-                if plain && expect.is_some_and(|(_, w)| w) {
-                    for (k, b) in bytes.iter().enumerate() {
-                        store(&space, page * P + off + k, *b);
-                    }
-                } else {
-                    let got = space.write(page * P + off, &bytes);
-                    match expect {
-                        None => prop_assert!(
-                            matches!(&got, Err(VmError::Fault(v)) if matches!(v.kind, ViolationKind::Unmapped)),
-                            "{ctx}: {got:?}"
-                        ),
-                        Some((_, false)) => prop_assert!(
-                            matches!(&got, Err(VmError::Fault(v)) if matches!(v.kind, ViolationKind::Protection(_))),
-                            "{ctx}: {got:?}"
-                        ),
-                        Some(_) => prop_assert!(got.is_ok(), "{ctx}: {got:?}"),
-                    }
-                }
-                if let Some((cell, true)) = expect {
-                    m.cells[cell][off..off + 8].copy_from_slice(&bytes);
+                write(&space, &mut m, kind, (page, off, val), step % 2 == 0, &ctx)?
+            }
+            Op::Sweep { page, n, val } => {
+                // Forward through consecutive pages: the fault-around path.
+                for p in page..(page + n).min(PAGES) {
+                    write(&space, &mut m, kind, (p, 8, val), step % 2 == 0, &ctx)?;
                 }
             }
             Op::Read { page } => check_page(&space, &m, kind, page, &ctx)?,
@@ -250,6 +235,41 @@ fn run(kind: Kind, paged: bool, ops: &[Op], seed: u64) -> Result<(), TestCaseErr
     }
     for page in 0..PAGES {
         check_page(&space, &m, kind, page, "final")?;
+    }
+    Ok(())
+}
+
+fn write(
+    space: &AddressSpace,
+    m: &mut Model,
+    kind: Kind,
+    (page, off, val): (usize, usize, u8),
+    plain: bool,
+    ctx: &str,
+) -> Result<(), TestCaseError> {
+    let bytes = [val, val ^ 1, val ^ 2, val ^ 3, val, val, val, !val];
+    let plain = kind.is_host() && plain;
+    let expect = m.pages[page];
+    if plain && expect.is_some_and(|(_, w)| w) {
+        for (k, b) in bytes.iter().enumerate() {
+            store(space, page * P + off + k, *b);
+        }
+    } else {
+        let got = space.write(page * P + off, &bytes);
+        match expect {
+            None => prop_assert!(
+                matches!(&got, Err(VmError::Fault(v)) if matches!(v.kind, ViolationKind::Unmapped)),
+                "{ctx}: {got:?}"
+            ),
+            Some((_, false)) => prop_assert!(
+                matches!(&got, Err(VmError::Fault(v)) if matches!(v.kind, ViolationKind::Protection(_))),
+                "{ctx}: {got:?}"
+            ),
+            Some(_) => prop_assert!(got.is_ok(), "{ctx}: {got:?}"),
+        }
+    }
+    if let Some((cell, true)) = expect {
+        m.cells[cell][off..off + 8].copy_from_slice(&bytes);
     }
     Ok(())
 }

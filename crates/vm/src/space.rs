@@ -1336,22 +1336,88 @@ impl State {
         Ok((top, f))
     }
 
-    /// Whether page `i` of `t` is fresh zero-fill memory: no object of the
-    /// chain has it, the bottom has no pager, and no copy awaits its old
-    /// contents.
-    fn fresh(&self, t: ObjId, i: u64) -> bool {
+    /// Whether page `i` of `t` is in no object of its chain and no copy
+    /// awaits its old contents: then `Some` of the bottom object if it has
+    /// a pager (the page must be paged in), `Some(None)` if the page is
+    /// fresh zero-fill memory.
+    fn fresh(&self, t: ObjId, i: u64) -> Option<Option<ObjId>> {
         let mut o = t;
         loop {
             let obj = self.objects.get(o);
             if obj.pages.contains_key(&i) {
-                return false;
+                return None;
             }
             match obj.backing {
                 Some(b) => o = b,
                 None => break,
             }
         }
-        self.objects.get(o).pager.is_none() && self.push_pending(t, i).is_none()
+        if self.push_pending(t, i).is_some() {
+            return None;
+        }
+        Some(self.objects.get(o).pager.is_some().then_some(o))
+    }
+
+    /// Read-ahead for reads walking forward through pages only the pager
+    /// `b` (the bottom of `t`'s chain) has: pages in up to the window's
+    /// pages into consecutive frames and maps them read-only with one pmap
+    /// call. Stops at the first page-in failure (that page's own fault will
+    /// report it); `None` if even the faulting page failed or there is no
+    /// room, so the one-page path runs and reports.
+    fn page_in_run(
+        &mut self,
+        sid: usize,
+        vpn: u64,
+        (t, b): (ObjId, ObjId),
+        i: u64,
+        end: u64,
+        prot: Prot,
+    ) -> Option<u64> {
+        let window = self.space(sid).window.min(end - vpn);
+        let mut n = 1;
+        while n < window
+            && self.space(sid).pmap.extract(vpn + n).is_none()
+            && self.fresh(t, i + n) == Some(Some(b))
+        {
+            n += 1;
+        }
+        if self.phys.available() < n as usize + 3 {
+            return None;
+        }
+        let first = self.phys.alloc_run(n as u32, |k| (b, i + u64::from(k)))?;
+        let pager = self.objects.get(b).pager.clone()?;
+        let mut got = n;
+        for k in 0..n {
+            let f = Frame(first.0 + k as u32);
+            if pager.page_in(i + k, self.phys.page_mut(f)).is_err() {
+                got = k;
+                break;
+            }
+        }
+        for k in got..n {
+            self.phys.free(Frame(first.0 + k as u32));
+        }
+        if got == 0 {
+            return None;
+        }
+        let pages = &mut self.objects.get_mut(b).pages;
+        for k in 0..got {
+            let frame = Frame(first.0 + k as u32);
+            pages.insert(
+                i + k,
+                PageState::Resident {
+                    frame,
+                    dirty: false,
+                    slot: None,
+                },
+            );
+        }
+        self.n.page_ins += got;
+        self.space_mut(sid)
+            .pmap
+            .enter_run(vpn, first, got, prot.without(Prot::WRITE))
+            .ok()?;
+        Some(got)
     }
 
     /// Fault-around for a write walking forward through fresh memory: fills
@@ -1371,7 +1437,9 @@ impl State {
     ) -> Result<Option<u64>, ViolationKind> {
         let window = self.space(sid).window.min(end - vpn);
         let mut n = 1;
-        while n < window && self.space(sid).pmap.extract(vpn + n).is_none() && self.fresh(t, i + n)
+        while n < window
+            && self.space(sid).pmap.extract(vpn + n).is_none()
+            && self.fresh(t, i + n) == Some(None)
         {
             n += 1;
         }
@@ -1439,8 +1507,13 @@ impl State {
             1
         };
         sp.next_seq = vpn + 1;
-        if access == Access::Write && self.space(sid).window > 1 && self.fresh(t, i) {
-            if let Some(n) = self.zero_fill_run(sid, vpn, t, i, end, prot)? {
+        if self.space(sid).window > 1 {
+            let run = match (self.fresh(t, i), access) {
+                (Some(None), Access::Write) => self.zero_fill_run(sid, vpn, t, i, end, prot)?,
+                (Some(Some(b)), Access::Read) => self.page_in_run(sid, vpn, (t, b), i, end, prot),
+                _ => None,
+            };
+            if let Some(n) = run {
                 self.space_mut(sid).next_seq = vpn + n;
                 return Ok(());
             }

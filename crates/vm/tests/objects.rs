@@ -174,6 +174,17 @@ fn a_pager_failure_reaches_the_handler_never_a_zero_page() {
         }
         space.read(at + P, &mut b).unwrap();
         assert_eq!(b[0], 101);
+        // Reading forward, read-ahead stops at the failing page, whose own
+        // fault then reports the failure.
+        space.forget_translations(at, 4 * P).unwrap();
+        for page in 0..2 {
+            space.read(at + page * P, &mut b).unwrap();
+            assert_eq!(b[0], 100 + page as u8);
+        }
+        assert!(
+            matches!(space.read(at + 2 * P, &mut b), Err(VmError::Fault(_))),
+            "{kind:?}"
+        );
         // The handler sees the failure, repairs the store, and retries.
         let seen = Arc::new(AtomicUsize::new(0));
         let (p, s) = (pager.clone(), seen.clone());

@@ -5,6 +5,7 @@
 //! vmprim bench prim            the VM-PUP table, vmprim beside the raw reference
 //! vmprim bench prim --json     vmprim's figures as one flat JSON object
 //! vmprim bench gc              the collectors beside the Boehm collector
+//! vmprim bench vm              the vm layer's faults, snapshots and pageout beside the kernel's
 //! vmprim mechanisms            which mechanisms this kernel and process allow
 //! ```
 
@@ -15,6 +16,7 @@ use anyhow::{bail, Result};
 const USAGE: &str = "\
 usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
        vmprim bench gc [--json] [--plot DIR] [--rounds N] [--quick]
+       vmprim bench vm [--json] [--quick]
        vmprim mechanisms
 
   bench prim     the VM-PUP benchmark (Appel & Li 1991) of every mechanism,
@@ -32,6 +34,14 @@ usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
   --plot DIR     also write the pause distributions as SVG files into DIR
   --rounds N     rounds over all collectors (default 5; medians reported)
   --quick        smaller parameters (seconds instead of a minute)
+  bench vm       the vm layer of vmprim-vm on the real MMU (zero-fill, file
+                 and copy-on-write faults, snapshots, faults behind long
+                 chains, pageout) beside the kernel's own (the raw reference
+                 and crates/cli/peer/vm_kernel.c, compiled with cc), with
+                 the targets marked [ ok ] or [MISS]
+  --json         one flat JSON object of every figure (ns per page, *_ms in
+                 milliseconds, null when not measured)
+  --quick        3 rounds of smaller sizes (256 MiB snapshots; CI)
   mechanisms     which mechanisms this kernel and process allow, and why not";
 
 fn main() -> Result<()> {
@@ -41,6 +51,7 @@ fn main() -> Result<()> {
         ["bench", "prim", rest @ ..] => bench::prim::run(&bench::prim::Options::parse(rest)?),
         ["bench", "gc", rest @ ..] => bench::gc::run(&bench::gc::Options::parse(rest)?),
         ["bench", "gc-one", rest @ ..] => bench::gc::run_one(rest),
+        ["bench", "vm", rest @ ..] => bench::vm::run(&bench::vm::Options::parse(rest)?),
         ["mechanisms"] => {
             println!("{}", vmprim_prim::mechanisms());
             Ok(())

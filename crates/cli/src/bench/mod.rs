@@ -5,6 +5,7 @@ pub mod gc;
 pub mod prim;
 mod reference;
 pub mod svg;
+pub mod vm;
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;

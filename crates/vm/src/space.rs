@@ -240,6 +240,9 @@ struct Space {
     window: u64,
 }
 
+/// An entry and the object pages `(lo, hi)` it shows inside a range.
+type EntryWindow = (Entry, (u64, u64));
+
 /// Everything behind one family of spaces, under one lock.
 struct State {
     page: usize,
@@ -771,16 +774,7 @@ impl AddressSpace {
     pub fn sync(&self, offset: usize, len: usize) -> Result<(), VmError> {
         let r = self.pages_of(offset, len)?;
         let mut st = self.machine.lock();
-        st.covered(self.id, r.clone())?;
-        let entries: Vec<Entry> = st
-            .space(self.id)
-            .map
-            .overlapping(r.clone())
-            .cloned()
-            .collect();
-        for e in entries {
-            let lo = e.index(e.start.max(r.start));
-            let hi = e.index(e.end.min(r.end));
+        for (e, (lo, hi)) in st.windows(self.id, r)? {
             let pages: Vec<u64> = st
                 .objects
                 .get(e.object)
@@ -801,16 +795,7 @@ impl AddressSpace {
     pub fn evict(&self, offset: usize, len: usize) -> Result<(), VmError> {
         let r = self.pages_of(offset, len)?;
         let mut st = self.machine.lock();
-        st.covered(self.id, r.clone())?;
-        let entries: Vec<Entry> = st
-            .space(self.id)
-            .map
-            .overlapping(r.clone())
-            .cloned()
-            .collect();
-        for e in entries {
-            let lo = e.index(e.start.max(r.start));
-            let hi = e.index(e.end.min(r.end));
+        for (e, (lo, hi)) in st.windows(self.id, r)? {
             let mut o = Some(e.object);
             while let Some(id) = o {
                 let frames: Vec<Frame> = st
@@ -1061,6 +1046,23 @@ impl State {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The entries covering `r` (which must be mapped throughout), each
+    /// with the object pages `lo..hi` that the part inside `r` shows.
+    fn windows(&self, id: usize, r: Range<u64>) -> Result<Vec<EntryWindow>, VmError> {
+        self.covered(id, r.clone())?;
+        Ok(self
+            .space(id)
+            .map
+            .overlapping(r.clone())
+            .map(|e| {
+                (
+                    e.clone(),
+                    (e.index(e.start.max(r.start)), e.index(e.end.min(r.end))),
+                )
+            })
+            .collect())
     }
 
     fn split_ends(&mut self, id: usize, r: Range<u64>) {

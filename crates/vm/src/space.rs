@@ -1527,17 +1527,8 @@ impl State {
                 self.push(c, i, f, (sid, vpn));
             }
             if h != t {
-                let g = self.alloc((t, i));
-                self.phys.copy(f, g);
-                let page = PageState::Resident {
-                    frame: g,
-                    dirty: true,
-                    slot: None,
-                };
-                self.objects.get_mut(t).pages.insert(i, page);
+                f = self.copy_page(t, i, f, (sid, vpn));
                 self.n.cow_copies += 1;
-                self.unmap_frame(f, Some((sid, vpn)));
-                f = g;
             } else {
                 self.make_dirty(t, i);
             }
@@ -1633,17 +1624,25 @@ impl State {
 
     /// Pushes frame `f` (page `i` of the object `c` copies) into `c`.
     fn push(&mut self, c: ObjId, i: u64, f: Frame, keep: (usize, u64)) {
-        let g = self.alloc((c, i));
+        self.copy_page(c, i, f, keep);
+        self.n.pushes += 1;
+    }
+
+    /// Gives object `o` its own dirty copy of frame `f` as page `i`, and
+    /// returns the new frame. Mappings that saw `f` through `o` must now see
+    /// the copy, so `f`'s translations go, except `keep`'s (the faulting
+    /// page, which is entered again at once).
+    fn copy_page(&mut self, o: ObjId, i: u64, f: Frame, keep: (usize, u64)) -> Frame {
+        let g = self.alloc((o, i));
         self.phys.copy(f, g);
         let page = PageState::Resident {
             frame: g,
             dirty: true,
             slot: None,
         };
-        self.objects.get_mut(c).pages.insert(i, page);
-        self.n.pushes += 1;
-        // Mappings that saw `f` through the copy must now see `g`.
+        self.objects.get_mut(o).pages.insert(i, page);
         self.unmap_frame(f, Some(keep));
+        g
     }
 
     /// Marks page `i` of `t` (resident) dirty; its swap copy is stale.

@@ -4,6 +4,7 @@
 use crate::range::{check_within, page_size, PageLen, RangeError};
 use crate::Prot;
 use core::ptr::NonNull;
+use std::os::fd::BorrowedFd;
 use thiserror::Error;
 use vmprim_sys::{mem, Errno};
 
@@ -22,6 +23,10 @@ pub enum RegionError {
         #[source]
         source: Errno,
     },
+    /// A file view was asked for with write access
+    /// ([`Region::map_file`] maps files read-only).
+    #[error("a file view cannot be writable")]
+    WritableFileView,
 }
 
 /// A page-aligned range of this process's virtual memory, owned by this value
@@ -184,6 +189,56 @@ impl Region {
                 source,
             }
         })
+    }
+
+    /// Maps `len` bytes of the file `fd`, from byte `file_offset`, at
+    /// `offset..offset + len` of the region, privately (`MAP_PRIVATE`) and
+    /// without write access: loads read the file's pages straight from the
+    /// kernel's page cache, with no copy, and see later changes to the file
+    /// until the range is replaced. Pages wholly past the file's end raise
+    /// `SIGBUS` when touched, as any file mapping does. `prot` must not
+    /// include [`Prot::WRITE`] (the file could never be written through it
+    /// anyway, but a private copy would silently diverge from it).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsFd;
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let mut file = tempfile_in_tmp()?;
+    /// file.write_all(&vec![9u8; 2 * p])?;
+    /// let region = Region::reserve(2 * p)?;
+    /// region.map_file(0, 2 * p, file.as_fd(), 0, Prot::READ)?;
+    /// assert_eq!(region.read_u8(p + 5)?, 9);
+    /// # fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
+    /// #     let path = std::env::temp_dir().join(format!("vmprim-doc-{}", std::process::id()));
+    /// #     let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    /// #     std::fs::remove_file(&path)?;
+    /// #     Ok(f)
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_file(
+        &self,
+        offset: usize,
+        len: usize,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        prot: Prot,
+    ) -> Result<(), RegionError> {
+        check_within(offset, len, self.len())?;
+        if prot.contains(Prot::WRITE) {
+            return Err(RegionError::WritableFileView);
+        }
+        // SAFETY: the range lies inside this region, which owns it and hands
+        // out no references into it.
+        unsafe { mem::mmap_private_fixed(self.at(offset), len, prot.bits(), fd, file_offset) }
+            .map_err(|source| RegionError::Os {
+                op: "mmap(MAP_PRIVATE | MAP_FIXED) of a file",
+                source,
+            })
     }
 
     /// Sets the protection of `offset..offset + len`. Async-signal-safe.

@@ -110,6 +110,30 @@ pub unsafe fn mmap_shared_fixed(
     mmap_result(ptr).map(|_| ())
 }
 
+/// `mmap(addr, len, prot, MAP_PRIVATE | MAP_FIXED, fd, offset)`—Replaces
+/// the pages at `addr` with a private view of a file: reads see the file's
+/// pages in the page cache, and a write (if `prot` allows one) copies the
+/// page privately, never reaching the file.
+///
+/// # Safety
+/// Same as [`mmap_shared_fixed`].
+///
+/// # References
+/// - [`mmap(2)`](https://man7.org/linux/man-pages/man2/mmap.2.html)
+pub unsafe fn mmap_private_fixed(
+    addr: *mut u8,
+    len: usize,
+    prot: i32,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+) -> Result<()> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
+    let flags = libc::MAP_PRIVATE | libc::MAP_FIXED;
+    // SAFETY: the caller owns the range and holds no references into it.
+    let ptr = unsafe { libc::mmap(addr.cast(), len, prot, flags, fd.as_raw_fd(), offset) };
+    mmap_result(ptr).map(|_| ())
+}
+
 /// `mmap(addr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)`—
 /// Replaces the pages at `addr` with fresh zero-filled memory.
 ///

@@ -7,6 +7,11 @@
 //! frame mapped at two addresses is one physical page. Removing one puts
 //! reserved space back ([`Region::reset`]); lowering one is `mprotect`.
 //!
+//! A direct translation ([`Pmap::enter_direct`]) maps a page of a file
+//! privately and read-only (`mmap(MAP_PRIVATE | MAP_FIXED)` through
+//! [`Region::map_file`]), so loads read the kernel's page cache, and the
+//! kernel's own fault-around fills the run's page-table entries.
+//!
 //! Every translation may become a kernel VMA, and the kernel caps their
 //! number (`vm.max_map_count`). Frames are handed out in order, so pages
 //! touched in order get consecutive frames and the kernel merges their
@@ -16,7 +21,7 @@
 
 use crate::error::VmError;
 use crate::phys::Frame;
-use crate::pmap::{Pmap, ProtRun, Translations};
+use crate::pmap::{DirectSource, Pmap, ProtRun, Target, Translations};
 use std::ops::Range;
 use std::sync::Arc;
 use vmprim_prim::map2::SharedMemory;
@@ -108,11 +113,19 @@ impl HostPmap {
         }
     }
 
-    fn merges(&self, vpn: u64, frame: Frame, prot: Prot) -> bool {
+    /// Whether a mapping of `n` pages from `vpn` to the targets from
+    /// `first` on continues a neighbour's (so the kernel merges the two).
+    fn merges(&self, vpn: u64, first: Target, n: u64, prot: Prot) -> bool {
+        let step = |t: Target, by: i64| match t {
+            Target::Frame(f) => Target::Frame(Frame(f.0.wrapping_add(by as u32))),
+            Target::Direct { source, page } => Target::Direct {
+                source,
+                page: page.wrapping_add(by as u64),
+            },
+        };
         let before = vpn.checked_sub(1).and_then(|v| self.t.get(v));
-        let after = self.t.get(vpn + 1);
-        before == Some((Frame(frame.0.wrapping_sub(1)), prot))
-            || after == Some((Frame(frame.0 + 1), prot))
+        let after = self.t.get(vpn + n);
+        before == Some((step(first, -1), prot)) || after == Some((step(first, n as i64), prot))
     }
 }
 
@@ -125,15 +138,16 @@ impl Pmap for HostPmap {
         if self.unmerged >= self.limit {
             self.must_flush("forget translations");
         }
+        let target = Target::Frame(frame);
         let old = self.t.get(vpn);
-        if old.is_some_and(|(f, _)| f == frame) {
+        if old.is_some_and(|(f, _)| f == target) {
             self.unmerged += 2;
             if self.region.protect(off, self.page, prot).is_err() {
                 self.must_flush("change a translation");
                 return self.enter(vpn, frame, prot);
             }
         } else {
-            if !self.merges(vpn, frame, prot) {
+            if !self.merges(vpn, target, 1, prot) {
                 self.unmerged += 1;
             }
             let at = frame.0 as usize * self.page;
@@ -145,7 +159,7 @@ impl Pmap for HostPmap {
                 return self.enter(vpn, frame, prot);
             }
         }
-        self.t.insert(vpn, frame, prot);
+        self.t.insert(vpn, target, prot);
         Ok(())
     }
 
@@ -156,7 +170,7 @@ impl Pmap for HostPmap {
         let same = |k: u64| {
             self.t
                 .get(vpn + k)
-                .is_none_or(|(f, _)| f.0 == first.0 + k as u32)
+                .is_none_or(|(f, _)| f == Target::Frame(Frame(first.0 + k as u32)))
         };
         if off + len > self.region.len() || !(0..n).all(same) {
             return (0..n).try_for_each(|k| self.enter(vpn + k, Frame(first.0 + k as u32), prot));
@@ -164,7 +178,7 @@ impl Pmap for HostPmap {
         if self.unmerged >= self.limit {
             self.must_flush("forget translations");
         }
-        if !self.merges(vpn, first, prot) {
+        if !self.merges(vpn, Target::Frame(first), n, prot) {
             self.unmerged += 1;
         }
         let at = first.0 as usize * self.page;
@@ -176,9 +190,48 @@ impl Pmap for HostPmap {
             return (0..n).try_for_each(|k| self.enter(vpn + k, Frame(first.0 + k as u32), prot));
         }
         for k in 0..n {
-            self.t.insert(vpn + k, Frame(first.0 + k as u32), prot);
+            self.t
+                .insert(vpn + k, Target::Frame(Frame(first.0 + k as u32)), prot);
         }
         Ok(())
+    }
+
+    fn enter_direct(
+        &mut self,
+        vpn: u64,
+        src: DirectSource<'_>,
+        first: u64,
+        n: u64,
+        prot: Prot,
+    ) -> Result<bool, VmError> {
+        let (off, len) = (vpn as usize * self.page, n as usize * self.page);
+        if off + len > self.region.len() {
+            return Err(VmError::Host(format!(
+                "pages {vpn}+{n} are outside the space"
+            )));
+        }
+        let prot = prot.without(Prot::WRITE);
+        let target = |k: u64| Target::Direct {
+            source: src.source,
+            page: first + k,
+        };
+        if self.unmerged >= self.limit {
+            self.must_flush("forget translations");
+        }
+        if !self.merges(vpn, target(0), n, prot) {
+            self.unmerged += 1;
+        }
+        let at = first * self.page as u64;
+        if let Err(e) = self.region.map_file(off, len, src.fd, at, prot) {
+            // Whatever was there may be gone: forget it, as a pmap may.
+            let runs = self.t.remove_range(vpn..vpn + n);
+            self.reset_runs(runs);
+            return Err(VmError::Host(e.to_string()));
+        }
+        for k in 0..n {
+            self.t.insert(vpn + k, target(k), prot);
+        }
+        Ok(true)
     }
 
     fn remove(&mut self, vpns: Range<u64>) {
@@ -192,11 +245,11 @@ impl Pmap for HostPmap {
         self.protect_runs(changed);
     }
 
-    fn pages_of(&self, frame: Frame) -> Vec<u64> {
-        self.t.pages_of(frame)
+    fn pages_of(&self, target: Target) -> Vec<u64> {
+        self.t.pages_of(target)
     }
 
-    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)> {
+    fn extract(&self, vpn: u64) -> Option<(Target, Prot)> {
         self.t.get(vpn)
     }
 

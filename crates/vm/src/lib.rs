@@ -41,7 +41,7 @@ pub use host::HostPmap;
 pub use map::Inheritance;
 pub use object::ObjectKind;
 pub use phys::Frame;
-pub use pmap::{Forgetful, Pmap, SimPmap, Translations};
+pub use pmap::{DirectSource, Forgetful, Pmap, SimPmap, Target, Translations};
 pub use space::{
     AddressSpace, Config, FrameStore, Mapping, Resolution, Share, Stats, VmObject, MIN_BUDGET,
 };

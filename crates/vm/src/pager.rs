@@ -9,10 +9,12 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use thiserror::Error;
+use vmprim_prim::{Prot, Region};
 
 /// A pager's failure. It reaches the faulting program as
 /// [`ViolationKind::Pager`](crate::ViolationKind::Pager), and `sync` or
@@ -79,6 +81,28 @@ pub trait Pager: Send + Sync + fmt::Debug {
     fn page_in(&self, index: u64, page: &mut [u8]) -> Result<(), PagerError>;
     /// Keeps `page` as the contents of page `index`.
     fn page_out(&self, index: u64, page: &[u8]) -> Result<(), PagerError>;
+    /// The file this pager's pages are, when they are exactly its bytes:
+    /// page `i` is bytes `i * page_size ..` of [`Mappable::fd`], page-in
+    /// reads them from there and page-out writes them there, so between
+    /// the two the kernel's page cache holds each page's contents. The vm
+    /// layer may then map those pages straight into an address space for
+    /// reading (no frame, no copy: what the kernel does for its own
+    /// `MAP_PRIVATE` file mappings), and brings a page into a frame only to
+    /// write it. `None`, the default: every page goes through
+    /// [`page_in`](Self::page_in).
+    fn mappable(&self) -> Option<Mappable<'_>> {
+        None
+    }
+}
+
+/// A file whose bytes a [`Pager`]'s pages are (see [`Pager::mappable`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mappable<'a> {
+    /// The file, open for reading.
+    pub fd: BorrowedFd<'a>,
+    /// Its length in bytes: pages starting at or past it are never mapped
+    /// (touching them would raise `SIGBUS`); they go through page-in.
+    pub len: u64,
 }
 
 /// The pages of a file: page `i` is bytes `i * page_size ..` of the file.
@@ -130,6 +154,13 @@ impl Pager for FilePager {
         self.file
             .write_all_at(&page[..n], at)
             .map_err(|e| PagerError::page_out(index, e))
+    }
+
+    fn mappable(&self) -> Option<Mappable<'_>> {
+        Some(Mappable {
+            fd: self.file.as_fd(),
+            len: self.len,
+        })
     }
 }
 
@@ -247,7 +278,8 @@ impl Swap {
 /// The conformance suite every [`Pager`] runs: checks that pages round-trip
 /// through page-out and page-in, that pages are independent, that a later
 /// page-out replaces an earlier one, and that a fresh page reads as
-/// `fresh(index)` (zeros for a new store, the file's bytes for a file).
+/// `fresh(index)` (zeros for a new store, the file's bytes for a file), and,
+/// for a [`Mappable`] pager, that its file mapped shows what page-in reads.
 /// Pages `first..first + 8` are used. Returns the first broken rule.
 ///
 /// # Examples
@@ -294,6 +326,24 @@ pub fn conformance(
         if page != want {
             return Err(format!("page {i} read back wrong after page-out"));
         }
+        if let Some(m) = pager.mappable() {
+            if i * (page_size as u64) < m.len && mapped(m, i, page_size)? != want {
+                return Err(format!(
+                    "page {i} of the mappable file differs from its page-in"
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// Page `i` of a mappable pager's file, read through a mapping of it.
+fn mapped(m: Mappable<'_>, i: u64, page_size: usize) -> Result<Vec<u8>, String> {
+    let region = Region::reserve(page_size).map_err(|e| e.to_string())?;
+    region
+        .map_file(0, page_size, m.fd, i * page_size as u64, Prot::READ)
+        .map_err(|e| format!("mapping page {i} of the file: {e}"))?;
+    (0..page_size)
+        .map(|b| region.read_u8(b).map_err(|e| e.to_string()))
+        .collect()
 }

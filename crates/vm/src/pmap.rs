@@ -8,16 +8,60 @@
 //! (too many host mappings, memory pressure): the vm layer never relies on
 //! one existing, only on none existing that it did not allow. That is what
 //! makes the pmap lazy, and what [`Forgetful`] tests.
+//!
+//! A translation leads to a frame, or, for a pager whose pages are the
+//! bytes of a file ([`Mappable`](crate::pager::Mappable)), straight to a
+//! page of that file: read-only, from the kernel's page cache, with no
+//! frame and no copy ([`Pmap::enter_direct`], [`Target::Direct`]).
 
 use crate::error::VmError;
 use crate::object::PageMap;
 use crate::phys::Frame;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::Range;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use vmprim_prim::map2::SharedMemory;
 use vmprim_prim::Prot;
+
+/// What a translation leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A frame of the pool.
+    Frame(Frame),
+    /// Page `page` of the file behind the pager of source `source` (a name
+    /// the vm layer picks), mapped read-only from the page cache.
+    Direct {
+        /// Which file.
+        source: u32,
+        /// Which page of it.
+        page: u64,
+    },
+}
+
+impl Hash for Target {
+    // One word, so the page-number hasher stays one multiply.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match *self {
+            Self::Frame(f) => state.write_u64(u64::from(f.0)),
+            Self::Direct { source, page } => {
+                state.write_u64((1 << 63) ^ (u64::from(source) << 40) ^ page)
+            }
+        }
+    }
+}
+
+/// A file whose pages a pmap may map directly: its descriptor, and the
+/// name the vm layer gives it in [`Target::Direct`].
+#[derive(Clone, Copy, Debug)]
+pub struct DirectSource<'a> {
+    /// The vm layer's name for the file.
+    pub source: u32,
+    /// The file; page `k` is bytes `k * page_size ..`.
+    pub fd: BorrowedFd<'a>,
+}
 
 /// A cache of virtual-to-physical translations for one address space,
 /// addressed by virtual page number (page index in the space).
@@ -32,14 +76,29 @@ pub trait Pmap: Send + fmt::Debug {
         }
         Ok(())
     }
+    /// Maps pages `vpn..vpn + n` straight to pages `first..first + n` of
+    /// the file `src`, read-only whatever `prot` says, replacing any
+    /// translations. Returns `Ok(false)` if this pmap cannot (the vm layer
+    /// then brings the pages into frames); the default.
+    fn enter_direct(
+        &mut self,
+        vpn: u64,
+        src: DirectSource<'_>,
+        first: u64,
+        n: u64,
+        prot: Prot,
+    ) -> Result<bool, VmError> {
+        let _ = (vpn, src, first, n, prot);
+        Ok(false)
+    }
     /// Drops every translation of pages in `vpns`.
     fn remove(&mut self, vpns: Range<u64>);
     /// Lowers the translations of pages in `vpns` to at most `prot`.
     fn protect(&mut self, vpns: Range<u64>, prot: Prot);
-    /// The pages translated to `frame` (Mach's pv list).
-    fn pages_of(&self, frame: Frame) -> Vec<u64>;
+    /// The pages translated to `target` (Mach's pv list).
+    fn pages_of(&self, target: Target) -> Vec<u64>;
     /// The translation of `vpn`, if the pmap has one.
-    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)>;
+    fn extract(&self, vpn: u64) -> Option<(Target, Prot)>;
     /// How many translations it holds.
     fn translations(&self) -> usize;
     /// A new, empty pmap of the same kind for a space of `pages` pages whose
@@ -61,18 +120,18 @@ pub type ProtRun = (Range<u64>, Prot);
 
 /// The bookkeeping every pmap keeps: translations by page, the writable
 /// ones (so write-protecting a range costs what was written, not its size),
-/// and the pages that map each frame (Mach's pv lists).
+/// and the pages that map each target (Mach's pv lists).
 #[derive(Debug, Default)]
 pub struct Translations {
-    map: BTreeMap<u64, (Frame, Prot)>,
+    map: BTreeMap<u64, (Target, Prot)>,
     writable: BTreeSet<u64>,
-    first: PageMap<u32, u64>,
-    more: PageMap<u32, Vec<u64>>,
+    first: PageMap<Target, u64>,
+    more: PageMap<Target, Vec<u64>>,
 }
 
 impl Translations {
     /// Records `vpn -> (frame, prot)`, returning the translation it replaced.
-    pub fn insert(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Option<(Frame, Prot)> {
+    pub fn insert(&mut self, vpn: u64, frame: Target, prot: Prot) -> Option<(Target, Prot)> {
         let old = self.map.insert(vpn, (frame, prot));
         if let Some((f, _)) = old {
             if f != frame {
@@ -91,7 +150,7 @@ impl Translations {
     }
 
     /// The translation of `vpn`.
-    pub fn get(&self, vpn: u64) -> Option<(Frame, Prot)> {
+    pub fn get(&self, vpn: u64) -> Option<(Target, Prot)> {
         self.map.get(&vpn).copied()
     }
 
@@ -108,7 +167,7 @@ impl Translations {
     /// Removes the translations in `vpns`; returns the runs of consecutive
     /// pages removed.
     pub fn remove_range(&mut self, vpns: Range<u64>) -> Vec<Range<u64>> {
-        let gone: Vec<(u64, Frame)> = self.map.range(vpns).map(|(&v, &(f, _))| (v, f)).collect();
+        let gone: Vec<(u64, Target)> = self.map.range(vpns).map(|(&v, &(f, _))| (v, f)).collect();
         for &(v, f) in &gone {
             self.map.remove(&v);
             self.writable.remove(&v);
@@ -149,10 +208,10 @@ impl Translations {
         (changed, Vec::new())
     }
 
-    /// The pages that map `frame`.
-    pub fn pages_of(&self, frame: Frame) -> Vec<u64> {
-        let mut v: Vec<u64> = self.first.get(&frame.0).copied().into_iter().collect();
-        if let Some(m) = self.more.get(&frame.0) {
+    /// The pages that map `target`.
+    pub fn pages_of(&self, target: Target) -> Vec<u64> {
+        let mut v: Vec<u64> = self.first.get(&target).copied().into_iter().collect();
+        if let Some(m) = self.more.get(&target) {
             v.extend_from_slice(m);
         }
         v
@@ -163,32 +222,32 @@ impl Translations {
         *self = Self::default();
     }
 
-    fn link(&mut self, f: Frame, vpn: u64) {
-        if let Some(&first) = self.first.get(&f.0) {
+    fn link(&mut self, f: Target, vpn: u64) {
+        if let Some(&first) = self.first.get(&f) {
             debug_assert_ne!(first, vpn);
-            self.more.entry(f.0).or_default().push(vpn);
+            self.more.entry(f).or_default().push(vpn);
         } else {
-            self.first.insert(f.0, vpn);
+            self.first.insert(f, vpn);
         }
     }
 
-    fn unlink(&mut self, f: Frame, vpn: u64) {
-        if self.first.get(&f.0) == Some(&vpn) {
-            match self.more.get_mut(&f.0).and_then(Vec::pop) {
+    fn unlink(&mut self, f: Target, vpn: u64) {
+        if self.first.get(&f) == Some(&vpn) {
+            match self.more.get_mut(&f).and_then(Vec::pop) {
                 Some(next) => {
-                    self.first.insert(f.0, next);
-                    if self.more.get(&f.0).is_some_and(Vec::is_empty) {
-                        self.more.remove(&f.0);
+                    self.first.insert(f, next);
+                    if self.more.get(&f).is_some_and(Vec::is_empty) {
+                        self.more.remove(&f);
                     }
                 }
                 None => {
-                    self.first.remove(&f.0);
+                    self.first.remove(&f);
                 }
             }
-        } else if let Some(m) = self.more.get_mut(&f.0) {
+        } else if let Some(m) = self.more.get_mut(&f) {
             m.retain(|&v| v != vpn);
             if m.is_empty() {
-                self.more.remove(&f.0);
+                self.more.remove(&f);
             }
         }
     }
@@ -225,8 +284,27 @@ impl SimPmap {
 
 impl Pmap for SimPmap {
     fn enter(&mut self, vpn: u64, frame: Frame, prot: Prot) -> Result<(), VmError> {
-        self.t.insert(vpn, frame, prot);
+        self.t.insert(vpn, Target::Frame(frame), prot);
         Ok(())
+    }
+    fn enter_direct(
+        &mut self,
+        vpn: u64,
+        src: DirectSource<'_>,
+        first: u64,
+        n: u64,
+        prot: Prot,
+    ) -> Result<bool, VmError> {
+        let prot = prot.without(Prot::WRITE);
+        for k in 0..n {
+            let page = first + k;
+            let t = Target::Direct {
+                source: src.source,
+                page,
+            };
+            self.t.insert(vpn + k, t, prot);
+        }
+        Ok(true)
     }
     fn remove(&mut self, vpns: Range<u64>) {
         self.t.remove_range(vpns);
@@ -234,10 +312,10 @@ impl Pmap for SimPmap {
     fn protect(&mut self, vpns: Range<u64>, prot: Prot) {
         self.t.protect_range(vpns, prot);
     }
-    fn pages_of(&self, frame: Frame) -> Vec<u64> {
-        self.t.pages_of(frame)
+    fn pages_of(&self, target: Target) -> Vec<u64> {
+        self.t.pages_of(target)
     }
-    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)> {
+    fn extract(&self, vpn: u64) -> Option<(Target, Prot)> {
         self.t.get(vpn)
     }
     fn translations(&self) -> usize {
@@ -310,6 +388,18 @@ impl Pmap for Forgetful {
         self.forget(Some(vpn + n - 1));
         Ok(())
     }
+    fn enter_direct(
+        &mut self,
+        vpn: u64,
+        src: DirectSource<'_>,
+        first: u64,
+        n: u64,
+        prot: Prot,
+    ) -> Result<bool, VmError> {
+        let done = self.inner.enter_direct(vpn, src, first, n, prot)?;
+        self.forget(Some(vpn + n - 1));
+        Ok(done)
+    }
     fn remove(&mut self, vpns: Range<u64>) {
         self.inner.remove(vpns);
         self.forget(None);
@@ -318,10 +408,10 @@ impl Pmap for Forgetful {
         self.inner.protect(vpns, prot);
         self.forget(None);
     }
-    fn pages_of(&self, frame: Frame) -> Vec<u64> {
-        self.inner.pages_of(frame)
+    fn pages_of(&self, target: Target) -> Vec<u64> {
+        self.inner.pages_of(target)
     }
-    fn extract(&self, vpn: u64) -> Option<(Frame, Prot)> {
+    fn extract(&self, vpn: u64) -> Option<(Target, Prot)> {
         self.inner.extract(vpn)
     }
     fn translations(&self) -> usize {
@@ -350,24 +440,44 @@ mod tests {
 
     #[test]
     fn translations_track_frames_and_writable_pages() {
+        let f = |n| Target::Frame(Frame(n));
         let mut t = Translations::default();
-        t.insert(1, Frame(7), Prot::READ_WRITE);
-        t.insert(2, Frame(7), Prot::READ);
-        t.insert(5, Frame(8), Prot::READ_WRITE);
-        assert_eq!(t.pages_of(Frame(7)), vec![1, 2]);
+        t.insert(1, f(7), Prot::READ_WRITE);
+        t.insert(2, f(7), Prot::READ);
+        t.insert(5, f(8), Prot::READ_WRITE);
+        assert_eq!(t.pages_of(f(7)), vec![1, 2]);
         let (changed, removed) = t.protect_range(0..10, Prot::READ);
         assert_eq!(
             (changed, removed),
             (vec![(1..2, Prot::READ), (5..6, Prot::READ)], vec![])
         );
-        assert_eq!(t.get(1), Some((Frame(7), Prot::READ)));
+        assert_eq!(t.get(1), Some((f(7), Prot::READ)));
         assert!(t.writable.is_empty());
         assert_eq!(t.remove_range(1..3), vec![1..3]);
-        assert!(t.pages_of(Frame(7)).is_empty());
-        t.insert(5, Frame(9), Prot::READ);
-        assert!(t.pages_of(Frame(8)).is_empty());
-        assert_eq!(t.pages_of(Frame(9)), vec![5]);
+        assert!(t.pages_of(f(7)).is_empty());
+        t.insert(5, f(9), Prot::READ);
+        assert!(t.pages_of(f(8)).is_empty());
+        assert_eq!(t.pages_of(f(9)), vec![5]);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn direct_translations_have_their_own_pv_lists() {
+        let d = |source, page| Target::Direct { source, page };
+        let mut t = Translations::default();
+        t.insert(3, d(1, 40), Prot::READ);
+        t.insert(9, d(1, 40), Prot::READ);
+        t.insert(4, d(2, 40), Prot::READ);
+        t.insert(5, Target::Frame(Frame(40)), Prot::READ);
+        assert_eq!(t.pages_of(d(1, 40)), vec![3, 9]);
+        assert_eq!(t.pages_of(d(2, 40)), vec![4]);
+        assert_eq!(t.pages_of(Target::Frame(Frame(40))), vec![5]);
+        // Replacing a direct translation by a frame moves the page's pv entry.
+        t.insert(9, Target::Frame(Frame(40)), Prot::READ);
+        assert_eq!(t.pages_of(d(1, 40)), vec![3]);
+        assert_eq!(t.pages_of(Target::Frame(Frame(40))), vec![5, 9]);
+        assert_eq!(t.remove_range(0..10), vec![3..6, 9..10]);
+        assert!(t.is_empty() && t.pages_of(d(1, 40)).is_empty());
     }
 
     #[test]

@@ -5,9 +5,9 @@ use crate::error::{Violation, ViolationKind, VmError};
 use crate::host::HostPmap;
 use crate::map::{Entry, Inheritance, Map};
 use crate::object::{ObjId, Object, ObjectKind, Objects, PageState};
-use crate::pager::{FilePager, Pager, PagerError, Swap};
+use crate::pager::{FilePager, Mappable, Pager, PagerError, Swap};
 use crate::phys::{Frame, Phys};
-use crate::pmap::{Pmap, SimPmap};
+use crate::pmap::{DirectSource, Pmap, SimPmap, Target};
 use std::fs::File;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -36,6 +36,16 @@ pub struct Config {
     /// one page on any other fault, so random access never fills a page it
     /// did not touch.
     pub fault_around: usize,
+    /// Whether a read fault on a page of a file ([`Mappable`] pager) that
+    /// no object above the file holds maps the file's page itself,
+    /// read-only, from the kernel's page cache: no frame, no copy, and the
+    /// pages around it in the same call (16 on a lone fault, up to 256 as
+    /// faults walk forward; one when `fault_around` is 1), as the kernel
+    /// does for its own file mappings. The first write brings the page into
+    /// a frame. Such pages are the kernel's and not counted in the budget.
+    /// Only pmaps that can map files do it ([`HostPmap`], [`SimPmap`]).
+    /// `false`: every file page is read into a frame.
+    pub direct_reads: bool,
 }
 
 impl Default for Config {
@@ -45,6 +55,7 @@ impl Default for Config {
             swap_dir: None,
             max_frames: 1 << 22,
             fault_around: 16,
+            direct_reads: true,
         }
     }
 }
@@ -200,8 +211,11 @@ pub struct Stats {
     pub faults: u64,
     /// Pages filled with zeros.
     pub zero_fills: u64,
-    /// Pages read from a pager.
+    /// Pages read from a pager into frames.
     pub page_ins: u64,
+    /// File pages mapped straight from the page cache, read-only (see
+    /// [`Config::direct_reads`]).
+    pub direct_pages: u64,
     /// Pages read back from swap.
     pub swap_ins: u64,
     /// Copy-on-write copies into a shadow.
@@ -221,6 +235,7 @@ struct Counters {
     faults: u64,
     zero_fills: u64,
     page_ins: u64,
+    direct_pages: u64,
     swap_ins: u64,
     cow_copies: u64,
     pushes: u64,
@@ -253,6 +268,7 @@ struct State {
     swap_dir: Option<PathBuf>,
     hand: usize,
     fault_around: u64,
+    direct_reads: bool,
     n: Counters,
 }
 
@@ -429,6 +445,7 @@ impl AddressSpace {
             swap_dir: config.swap_dir.clone(),
             hand: 0,
             fault_around: config.fault_around.clamp(1, 512) as u64,
+            direct_reads: config.direct_reads,
             n: Counters::default(),
         };
         let machine = Arc::new(Machine {
@@ -891,12 +908,32 @@ impl AddressSpace {
                 } else {
                     Prot::READ
                 };
-                if let Some((frame, prot)) = st
+                let found = st
                     .space(self.id)
                     .pmap
                     .extract(vpn)
-                    .filter(|(_, pr)| pr.contains(need))
-                {
+                    .filter(|(_, pr)| pr.contains(need));
+                if let Some((Target::Direct { source, page }, _)) = found {
+                    // A file page straight from the page cache: never
+                    // writable, and no frame has it (the vm layer removes
+                    // direct translations before a page enters a frame), so
+                    // the file holds its contents.
+                    debug_assert_eq!(access, Access::Read);
+                    let pager = st.objects.get(source).pager.clone();
+                    let pager = pager.expect("direct translations lead to pager objects");
+                    let mut bytes = vec![0u8; p];
+                    if let Err(e) = pager.page_in(page, &mut bytes) {
+                        let kind = ViolationKind::Pager(e);
+                        return Err(VmError::Fault(Violation {
+                            offset: at,
+                            access,
+                            kind,
+                        }));
+                    }
+                    f((done, n), &bytes[in_page..in_page + n]);
+                    break;
+                }
+                if let Some((Target::Frame(frame), prot)) = found {
                     debug_assert!(prot.contains(need));
                     st.phys.info[frame.0 as usize].referenced = true;
                     let src = &st.phys.page(frame)[in_page..in_page + n];
@@ -967,6 +1004,7 @@ impl AddressSpace {
             faults: st.n.faults,
             zero_fills: st.n.zero_fills,
             page_ins: st.n.page_ins,
+            direct_pages: st.n.direct_pages,
             swap_ins: st.n.swap_ins,
             cow_copies: st.n.cow_copies,
             pushes: st.n.pushes,
@@ -1081,9 +1119,21 @@ impl State {
 
     /// Removes the translations of `f` in every space, except `keep`.
     fn unmap_frame(&mut self, f: Frame, keep: Option<(usize, u64)>) {
+        self.unmap_target(Target::Frame(f), keep);
+    }
+
+    /// Removes the direct translations of page `i` of the file behind `o`
+    /// in every space: the page is entering a frame, which from now on
+    /// holds its contents.
+    fn unmap_direct(&mut self, o: ObjId, i: u64) {
+        let t = Target::Direct { source: o, page: i };
+        self.unmap_target(t, None);
+    }
+
+    fn unmap_target(&mut self, t: Target, keep: Option<(usize, u64)>) {
         for (sid, sp) in self.spaces.iter_mut().enumerate() {
             let Some(sp) = sp else { continue };
-            for v in sp.pmap_pages_of(f) {
+            for v in sp.pmap.pages_of(t) {
                 if keep != Some((sid, v)) {
                     sp.pmap.remove(v..v + 1);
                 }
@@ -1094,7 +1144,7 @@ impl State {
     /// Lowers every translation of `f` to read-only.
     fn write_protect_frame(&mut self, f: Frame) {
         for sp in self.spaces.iter_mut().flatten() {
-            for v in sp.pmap_pages_of(f) {
+            for v in sp.pmap.pages_of(Target::Frame(f)) {
                 sp.pmap.protect(v..v + 1, Prot::READ);
             }
         }
@@ -1322,6 +1372,7 @@ impl State {
                 slot: None,
             };
             self.objects.get_mut(o).pages.insert(i, page);
+            self.unmap_direct(o, i);
             return Ok((o, f));
         }
         let f = self.alloc((top, i));
@@ -1343,6 +1394,16 @@ impl State {
     /// a pager (the page must be paged in), `Some(None)` if the page is
     /// fresh zero-fill memory.
     fn fresh(&self, t: ObjId, i: u64) -> Option<Option<ObjId>> {
+        let o = self.bottom_lacking(t, i)?;
+        if self.push_pending(t, i).is_some() {
+            return None;
+        }
+        Some(self.objects.get(o).pager.is_some().then_some(o))
+    }
+
+    /// The bottom object of `t`'s chain if no object of the chain has page
+    /// `i` (resident or swapped).
+    fn bottom_lacking(&self, t: ObjId, i: u64) -> Option<ObjId> {
         let mut o = t;
         loop {
             let obj = self.objects.get(o);
@@ -1351,13 +1412,54 @@ impl State {
             }
             match obj.backing {
                 Some(b) => o = b,
-                None => break,
+                None => return Some(o),
             }
         }
-        if self.push_pending(t, i).is_some() {
-            return None;
+    }
+
+    /// A read of page `i` of `t` that only the file at the bottom of the
+    /// chain has: maps the file's pages from there on (those the chain
+    /// still lacks, untranslated, inside the entry ending at `end` and the
+    /// file) straight from the page cache, read-only. Returns whether it
+    /// did; if not (no file, the pmap cannot, the page is past the file's
+    /// end), the fault goes on through frames.
+    fn direct_run(&mut self, sid: usize, vpn: u64, t: ObjId, i: u64, end: u64, prot: Prot) -> bool {
+        const MOST: u64 = 256;
+        let Some(b) = self.bottom_lacking(t, i) else {
+            return false;
+        };
+        let Some(pager) = self.objects.get(b).pager.clone() else {
+            return false;
+        };
+        let Some(Mappable { fd, len }) = pager.mappable() else {
+            return false;
+        };
+        let in_file = len.div_ceil(self.page as u64);
+        if i >= in_file {
+            return false;
         }
-        Some(self.objects.get(o).pager.is_some().then_some(o))
+        let window = if self.fault_around <= 1 {
+            1
+        } else {
+            (self.space(sid).window * 16).min(MOST)
+        };
+        let window = window.min(end - vpn).min(in_file - i);
+        let mut n = 1;
+        while n < window
+            && self.space(sid).pmap.extract(vpn + n).is_none()
+            && self.bottom_lacking(t, i + n) == Some(b)
+        {
+            n += 1;
+        }
+        let src = DirectSource { source: b, fd };
+        match self.space_mut(sid).pmap.enter_direct(vpn, src, i, n, prot) {
+            Ok(true) => {
+                self.n.direct_pages += n;
+                self.space_mut(sid).next_seq = vpn + n;
+                true
+            }
+            Ok(false) | Err(_) => false,
+        }
     }
 
     /// Read-ahead for reads walking forward through pages only the pager
@@ -1402,17 +1504,15 @@ impl State {
         if got == 0 {
             return None;
         }
-        let pages = &mut self.objects.get_mut(b).pages;
         for k in 0..got {
             let frame = Frame(first.0 + k as u32);
-            pages.insert(
-                i + k,
-                PageState::Resident {
-                    frame,
-                    dirty: false,
-                    slot: None,
-                },
-            );
+            let page = PageState::Resident {
+                frame,
+                dirty: false,
+                slot: None,
+            };
+            self.objects.get_mut(b).pages.insert(i + k, page);
+            self.unmap_direct(b, i + k);
         }
         self.n.page_ins += got;
         self.space_mut(sid)
@@ -1509,6 +1609,10 @@ impl State {
             1
         };
         sp.next_seq = vpn + 1;
+        if access == Access::Read && self.direct_reads && self.direct_run(sid, vpn, t, i, end, prot)
+        {
+            return Ok(());
+        }
         if self.space(sid).window > 1 {
             let run = match (self.fresh(t, i), access) {
                 (Some(None), Access::Write) => self.zero_fill_run(sid, vpn, t, i, end, prot)?,
@@ -1582,7 +1686,7 @@ impl State {
             let (v, j, g) = (vpn + n, i + n, Frame(f.0 + n as u32));
             match self.space(sid).pmap.extract(v) {
                 None => {}
-                Some((have, _)) if have == g => {}
+                Some((have, _)) if have == Target::Frame(g) => {}
                 Some(_) => break,
             }
             let Some((h, frame, dirty)) = self.peek(t, j) else {
@@ -1739,12 +1843,6 @@ impl State {
             }
             self.release(b);
         }
-    }
-}
-
-impl Space {
-    fn pmap_pages_of(&self, f: Frame) -> Vec<u64> {
-        self.pmap.pages_of(f)
     }
 }
 

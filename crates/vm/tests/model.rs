@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{load, store, Kind, P};
+use common::{file_bytes, load, store, temp_file, Kind, P};
 use proptest::prelude::*;
 use std::sync::Arc;
 use vmprim_vm::pager::MemPager;
@@ -58,14 +58,35 @@ struct Model {
     obj: Vec<usize>,
 }
 
+/// What backs the object the program maps shared and private.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// Zero-fill memory (pages go to swap).
+    Anonymous,
+    /// A pager in the heap.
+    Mem,
+    /// A file (read faults map its pages straight from the page cache).
+    File,
+}
+
+/// The object's initial byte `b` of page `k`, for a file.
+fn initial(k: usize, b: usize) -> u8 {
+    (k * 31 + b % 251) as u8 | 1
+}
+
 impl Model {
-    fn new() -> Self {
+    fn new(source: Source) -> Self {
         let mut m = Self {
             pages: vec![None; PAGES],
             cells: Vec::new(),
             obj: Vec::new(),
         };
-        m.obj = (0..OBJ_PAGES).map(|_| m.fresh(vec![0; P])).collect();
+        m.obj = (0..OBJ_PAGES)
+            .map(|k| match source {
+                Source::File => m.fresh((0..P).map(|b| initial(k, b)).collect()),
+                _ => m.fresh(vec![0; P]),
+            })
+            .collect();
         m
     }
 
@@ -91,18 +112,23 @@ fn fits(at: usize, len: usize) -> bool {
     at + len <= PAGES
 }
 
-fn run(kind: Kind, paged: bool, ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
+fn run(kind: Kind, source: Source, ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
     let space = kind
         .space(PAGES * P, Config::default().budget(BUDGET), seed)
         .unwrap();
-    let obj: VmObject = if paged {
-        space
+    let mut file = None;
+    let obj: VmObject = match source {
+        Source::Mem => space
             .create_paged(Arc::new(MemPager::new()), OBJ_PAGES * P)
-            .unwrap()
-    } else {
-        space.create_anonymous(OBJ_PAGES * P).unwrap()
+            .unwrap(),
+        Source::Anonymous => space.create_anonymous(OBJ_PAGES * P).unwrap(),
+        Source::File => {
+            let f = temp_file(OBJ_PAGES, |b| initial(b / P, b % P));
+            file = Some(f.try_clone().unwrap());
+            space.create_file(f).unwrap()
+        }
     };
-    let mut m = Model::new();
+    let mut m = Model::new(source);
     for (step, op) in ops.iter().enumerate() {
         let ctx = format!("step {step}: {op:?} on {kind:?}");
         match *op {
@@ -236,6 +262,20 @@ fn run(kind: Kind, paged: bool, ops: &[Op], seed: u64) -> Result<(), TestCaseErr
     for page in 0..PAGES {
         check_page(&space, &m, kind, page, "final")?;
     }
+    if let Some(file) = file {
+        // The last references write the shared writes back, and only those.
+        drop(obj);
+        drop(space);
+        let bytes = file_bytes(&file);
+        prop_assert_eq!(bytes.len(), OBJ_PAGES * P, "the file never grows");
+        for (k, &cell) in m.obj.iter().enumerate() {
+            prop_assert!(
+                bytes[k * P..(k + 1) * P] == m.cells[cell][..],
+                "file page {} differs from the model's object",
+                k
+            );
+        }
+    }
     Ok(())
 }
 
@@ -316,7 +356,7 @@ fn config() -> ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(64),
+            .unwrap_or(1024),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -327,21 +367,36 @@ proptest! {
 
     #[test]
     fn simulated_paged(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
-        run(Kind::Sim, true, &ops, seed)?;
+        run(Kind::Sim, Source::Mem, &ops, seed)?;
     }
 
     #[test]
     fn simulated_forgetful_anonymous(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
-        run(Kind::ForgetfulSim, false, &ops, seed)?;
+        run(Kind::ForgetfulSim, Source::Anonymous, &ops, seed)?;
+    }
+
+    #[test]
+    fn simulated_file(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
+        run(Kind::Sim, Source::File, &ops, seed)?;
     }
 
     #[test]
     fn host_anonymous(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
-        run(Kind::Host, false, &ops, seed)?;
+        run(Kind::Host, Source::Anonymous, &ops, seed)?;
     }
 
     #[test]
     fn host_forgetful_paged(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
-        run(Kind::ForgetfulHost, true, &ops, seed)?;
+        run(Kind::ForgetfulHost, Source::Mem, &ops, seed)?;
+    }
+
+    #[test]
+    fn host_file(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
+        run(Kind::Host, Source::File, &ops, seed)?;
+    }
+
+    #[test]
+    fn host_forgetful_file(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
+        run(Kind::ForgetfulHost, Source::File, &ops, seed)?;
     }
 }

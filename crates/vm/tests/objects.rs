@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{load, store, Kind, P};
-use std::io::{Read, Seek, Write};
+use common::{file_bytes, load, store, temp_file, Kind, P};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use vmprim_vm::pager::{conformance, FilePager, MemPager, Pager, PagerError};
@@ -13,33 +12,6 @@ use vmprim_vm::{
     AddressSpace, Config, Inheritance, Mapping, ObjectKind, Prot, Resolution, ViolationKind,
     VmError,
 };
-
-fn temp_file(pages: usize, fill: impl Fn(usize) -> u8) -> std::fs::File {
-    let path = std::env::temp_dir().join(format!(
-        "vmprim-vm-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    let bytes: Vec<u8> = (0..pages * P).map(fill).collect();
-    f.write_all(&bytes).unwrap();
-    f
-}
-
-fn file_bytes(f: &std::fs::File) -> Vec<u8> {
-    let mut f = f.try_clone().unwrap();
-    f.rewind().unwrap();
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).unwrap();
-    v
-}
 
 #[test]
 fn every_pager_passes_the_conformance_suite() {
@@ -418,4 +390,75 @@ fn bad_input_gets_typed_errors() {
         2,
         "max_prot still differs on the first page"
     );
+}
+
+#[test]
+fn file_reads_map_the_page_cache_until_a_write() {
+    for kind in Kind::ALL {
+        let file = temp_file(64, |b| (b / P) as u8);
+        let space = kind
+            .space(256 * P, Config::default().budget(16), 3)
+            .unwrap();
+        let obj = space.create_file(file).unwrap();
+        let len = 64 * P;
+        let ro = space
+            .map(Mapping::object(&obj, 0, len).prot(Prot::READ))
+            .unwrap();
+        let rw = space.map(Mapping::object(&obj, 0, len)).unwrap();
+        let private = space.map(Mapping::object(&obj, 0, len).private()).unwrap();
+        let byte = |at: usize| {
+            let mut b = [0u8; 1];
+            space.read(at, &mut b).unwrap();
+            if kind.is_host() {
+                assert_eq!(load(&space, at), b[0], "{kind:?}: plain load at {at}");
+            }
+            b[0]
+        };
+        // Four times the budget read through three mappings: no frame.
+        for i in 0..64 {
+            for m in [ro, rw, private] {
+                assert_eq!(byte(m + i * P + 9), i as u8, "{kind:?}: page {i}");
+            }
+        }
+        let s = space.stats();
+        assert_eq!((s.resident_pages, s.page_ins), (0, 0), "{kind:?}: {s:?}");
+        assert!(s.direct_pages >= 3 * 64, "{kind:?}: {s:?}");
+        // A write through the shared mapping brings that page into a frame
+        // (and its old contents into a second, for the private mapping's
+        // copy object); the other shared mapping sees it, the private one
+        // keeps the file's contents as of its mapping.
+        space.write(rw + 7 * P, b"new").unwrap();
+        let s = space.stats();
+        let got = (s.resident_pages, s.page_ins, s.pushes);
+        assert_eq!(got, (2, 1, 1), "{kind:?}: {s:?}");
+        assert_eq!(byte(ro + 7 * P), b'n', "{kind:?}");
+        assert_eq!(byte(private + 7 * P), 7, "{kind:?}");
+        assert_eq!(byte(private + 8 * P), 8, "{kind:?}");
+        // A write to the private mapping stays there.
+        space.write(private + 9 * P, b"mine").unwrap();
+        assert_eq!(byte(ro + 9 * P), 9, "{kind:?}");
+        assert_eq!(byte(private + 9 * P), b'm', "{kind:?}");
+    }
+}
+
+#[test]
+fn without_direct_reads_file_pages_come_through_frames() {
+    for kind in Kind::ALL {
+        let file = temp_file(8, |b| (b / P) as u8 + 1);
+        let config = Config {
+            direct_reads: false,
+            ..Config::default()
+        };
+        let space = kind.space(16 * P, config, 5).unwrap();
+        let obj = space.create_file(file).unwrap();
+        let at = space.map(Mapping::object(&obj, 0, 8 * P)).unwrap();
+        for i in 0..8 {
+            let mut b = [0u8; 1];
+            space.read(at + i * P, &mut b).unwrap();
+            assert_eq!(b[0], i as u8 + 1, "{kind:?}");
+        }
+        let s = space.stats();
+        assert_eq!(s.direct_pages, 0, "{kind:?}: {s:?}");
+        assert!(s.page_ins >= 8 && s.resident_pages > 0, "{kind:?}: {s:?}");
+    }
 }

@@ -337,6 +337,11 @@ fn region_os(e: crate::RegionError, op: &'static str) -> DirtyError {
     match e {
         crate::RegionError::Range(r) => DirtyError::Range(r),
         crate::RegionError::Os { source, .. } => DirtyError::Os { op, source },
+        // DIRTY maps no files; were it to, the kernel's answer would be this.
+        crate::RegionError::WritableFileView => DirtyError::Os {
+            op,
+            source: vmprim_sys::Errno::EINVAL,
+        },
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses part of it")]
 
+use std::io::{Read, Seek, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use vmprim_vm::{AddressSpace, Config, Forgetful, FrameStore, HostPmap, VmError};
 
@@ -76,4 +78,34 @@ pub fn store(space: &AddressSpace, offset: usize, value: u8) {
     assert!(offset < space.len());
     // SAFETY: as in `load`.
     unsafe { base.add(offset).write_volatile(value) }
+}
+
+/// An unlinked temporary file of `pages` pages, byte `b` being `fill(b)`.
+pub fn temp_file(pages: usize, fill: impl Fn(usize) -> u8) -> std::fs::File {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "vmprim-vm-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let bytes: Vec<u8> = (0..pages * P).map(fill).collect();
+    f.write_all(&bytes).unwrap();
+    f
+}
+
+/// The whole contents of `f`.
+pub fn file_bytes(f: &std::fs::File) -> Vec<u8> {
+    let mut f = f.try_clone().unwrap();
+    f.rewind().unwrap();
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+    v
 }

@@ -83,6 +83,57 @@ impl SharedMemory {
         false
     }
 
+    /// Writes `data` at byte `offset` with `pwrite(2)`, bypassing every
+    /// view. A page it fills whole and that held nothing yet is allocated
+    /// without being zeroed first, which a store through a view cannot
+    /// avoid: the cheaper way to fill fresh pages. `data` may lie in a view
+    /// of this same memory (a copy between pages), but not overlap the
+    /// range written.
+    ///
+    /// # Examples
+    /// ```
+    /// use vmprim_prim::map2::SharedMemory;
+    /// use vmprim_prim::{page_size, Prot};
+    ///
+    /// let shm = SharedMemory::new(2 * page_size())?;
+    /// shm.write_at(page_size(), &[5; 3])?;
+    /// let view = shm.map(Prot::READ)?;
+    /// assert_eq!(view.read_u8(page_size() + 2)?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), Map2Error> {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return Err(Map2Error::Range(RangeError::OutOfRange {
+                offset,
+                len: data.len(),
+                limit: self.len(),
+            }));
+        }
+        let mut done = 0;
+        while done < data.len() {
+            match mem::pwrite(self.fd.as_fd(), &data[done..], (offset + done) as u64) {
+                Ok(0) => {
+                    return Err(Map2Error::Os {
+                        op: "pwrite",
+                        source: Errno::ENOSPC,
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e == Errno::EINTR => {}
+                Err(source) => {
+                    return Err(Map2Error::Os {
+                        op: "pwrite",
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Maps all of it at an address the kernel picks, with protection `prot`.
     ///
     /// # Examples
@@ -144,17 +195,48 @@ impl SharedMemory {
         len: usize,
         prot: Prot,
     ) -> Result<(), Map2Error> {
+        self.map_into_with(region, region_offset, object_offset, len, prot, false)
+    }
+
+    /// [`map_into`](Self::map_into), and, with `populate`, the page-table
+    /// entries filled at once (`MAP_POPULATE`; pages not yet in the memory
+    /// are allocated), so the first access to each page does not fault.
+    /// Worth it for pages about to be used.
+    ///
+    /// # Examples
+    /// ```
+    /// use vmprim_prim::map2::SharedMemory;
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let shm = SharedMemory::new(4 * p)?;
+    /// let region = Region::reserve(4 * p)?;
+    /// shm.map_into_with(&region, 0, 0, 4 * p, Prot::READ_WRITE, true)?;
+    /// region.write_u8(3 * p, 1)?; // no fault: the entry is there
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_into_with(
+        &self,
+        region: &Region,
+        region_offset: usize,
+        object_offset: usize,
+        len: usize,
+        prot: Prot,
+        populate: bool,
+    ) -> Result<(), Map2Error> {
         check_within(region_offset, len, region.len())?;
         check_within(object_offset, len, self.len())?;
+        let extra = if populate { mem::MAP_POPULATE } else { 0 };
         // SAFETY: the range lies inside `region`, which owns it and hands out
         // no references into it.
         unsafe {
-            mem::mmap_shared_fixed(
+            mem::mmap_shared_fixed_flags(
                 region.as_ptr().add(region_offset),
                 len,
                 prot.bits(),
                 self.fd.as_fd(),
                 object_offset as u64,
+                extra,
             )
         }
         .map_err(|source| Map2Error::Os {

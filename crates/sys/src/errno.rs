@@ -39,6 +39,8 @@ impl Errno {
     pub const ENOTTY: Self = Self(libc::ENOTTY);
     /// No such process or thread (the faulting thread is gone).
     pub const ESRCH: Self = Self(libc::ESRCH);
+    /// No space left on device (a write that made no progress).
+    pub const ENOSPC: Self = Self(libc::ENOSPC);
 
     /// Wraps a raw error number.
     pub const fn from_raw(raw: i32) -> Self {

@@ -7,6 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// `MAP_NORESERVE`: do not reserve swap for the mapping.
 pub const MAP_NORESERVE: i32 = libc::MAP_NORESERVE;
+/// `MAP_POPULATE`: fill the page-table entries at `mmap` time.
+pub const MAP_POPULATE: i32 = libc::MAP_POPULATE;
 
 /// Page protection bits, as `mmap(2)` and `mprotect(2)` take them.
 pub mod prot {
@@ -103,8 +105,25 @@ pub unsafe fn mmap_shared_fixed(
     fd: BorrowedFd<'_>,
     offset: u64,
 ) -> Result<()> {
+    // SAFETY: the caller upholds the same contract.
+    unsafe { mmap_shared_fixed_flags(addr, len, prot, fd, offset, 0) }
+}
+
+/// [`mmap_shared_fixed`] with `extra` flags added, such as `MAP_POPULATE`
+/// (fill the page-table entries now, so the first accesses do not fault).
+///
+/// # Safety
+/// Same as [`mmap_shared_fixed`].
+pub unsafe fn mmap_shared_fixed_flags(
+    addr: *mut u8,
+    len: usize,
+    prot: i32,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    extra: i32,
+) -> Result<()> {
     let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
-    let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+    let flags = libc::MAP_SHARED | libc::MAP_FIXED | extra;
     // SAFETY: the caller owns the range and holds no references into it.
     let ptr = unsafe { libc::mmap(addr.cast(), len, prot, flags, fd.as_raw_fd(), offset) };
     mmap_result(ptr).map(|_| ())
@@ -230,6 +249,19 @@ pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| Errno::EINVAL)?;
     // SAFETY: ftruncate has no memory-safety preconditions.
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(|_| ())
+}
+
+/// `pwrite(fd, buf, offset)`—Writes to a file at an offset. Into a memfd
+/// (shmem) this allocates the pages it fills without zeroing them first,
+/// unlike a store through a mapping.
+///
+/// # References
+/// - [`pwrite(2)`](https://man7.org/linux/man-pages/man2/pwrite.2.html)
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<usize> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `buf` is valid for reads of its length.
+    let n = unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) };
+    usize::try_from(n).map_err(|_| Errno::last())
 }
 
 /// `pread(fd, buf, offset)`—Reads from a file at an offset.

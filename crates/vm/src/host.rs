@@ -178,13 +178,29 @@ impl Pmap for HostPmap {
         if self.unmerged >= self.limit {
             self.must_flush("forget translations");
         }
+        // Every page already maps its frame: an upgrade, which `mprotect`
+        // does in place, keeping the page-table entries a new mapping would
+        // drop (each would then fault again).
+        let upgrade = (0..n).all(|k| self.t.get(vpn + k).is_some());
+        if upgrade {
+            self.unmerged += 2;
+            if self.region.protect(off, len, prot).is_ok() {
+                for k in 0..n {
+                    self.t
+                        .insert(vpn + k, Target::Frame(Frame(first.0 + k as u32)), prot);
+                }
+                return Ok(());
+            }
+        }
         if !self.merges(vpn, Target::Frame(first), n, prot) {
             self.unmerged += 1;
         }
         let at = first.0 as usize * self.page;
+        // A run is entered for pages about to be used (fault-around): fill
+        // their page-table entries now rather than fault on each.
         if self
             .frames
-            .map_into(&self.region, off, at, len, prot)
+            .map_into_with(&self.region, off, at, len, prot, true)
             .is_err()
         {
             return (0..n).try_for_each(|k| self.enter(vpn + k, Frame(first.0 + k as u32), prot));

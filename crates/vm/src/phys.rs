@@ -144,6 +144,27 @@ impl Phys {
         Some(Frame(first))
     }
 
+    /// Makes the never-used frames `first..first + n` (zero already) take
+    /// memory now, cheaply: host frames are filled by one `pwrite(2)` of
+    /// zeros, which allocates the memfd's pages without a page fault each
+    /// (the faults would cost more than the writes). Heap frames need
+    /// nothing.
+    pub fn commit_run(&mut self, first: Frame, n: u32) {
+        let page = self.page;
+        if let Storage::Shared { shm, .. } = &self.storage {
+            let (mut at, end) = (first.0 as usize * page, (first.0 + n) as usize * page);
+            while at < end {
+                let len = (end - at).min(ZERO_PAGE.len());
+                // Best effort: a page left unallocated is allocated by its
+                // first access instead.
+                if shm.write_at(at, &ZERO_PAGE[..len]).is_err() {
+                    return;
+                }
+                at += len;
+            }
+        }
+    }
+
     /// Returns a frame to the pool. Its contents are dead.
     pub fn free(&mut self, f: Frame) {
         debug_assert!(
@@ -210,26 +231,40 @@ impl Phys {
 
     /// Copies frame `from` to frame `to`.
     pub fn copy(&mut self, from: Frame, to: Frame) {
-        assert_ne!(from, to);
+        self.copy_run(from, to, 1);
+    }
+
+    /// Copies frames `from..from + n` to frames `to..to + n` (the two runs
+    /// must not overlap). Into host frames this is one `pwrite(2)` to the
+    /// memfd, which fills fresh pages without zeroing them first and
+    /// without a page fault each.
+    pub fn copy_run(&mut self, from: Frame, to: Frame, n: u32) {
         let page = self.page;
         let slots = self.info.len();
+        let (f, t, n) = (from.0 as usize, to.0 as usize, n as usize);
+        assert!(f + n <= slots && t + n <= slots && (f + n <= t || t + n <= f));
         match &mut self.storage {
             Storage::Heap(_) => {
-                let src = self.page(from).to_vec();
-                self.page_mut(to).copy_from_slice(&src);
+                for k in 0..n {
+                    let src = self.page(Frame((f + k) as u32)).to_vec();
+                    self.page_mut(Frame((t + k) as u32)).copy_from_slice(&src);
+                }
             }
-            Storage::Shared { view, .. } => {
-                assert!((from.0 as usize) < slots && (to.0 as usize) < slots);
-                // SAFETY: both frames lie inside the view and are distinct,
-                // so the ranges do not overlap; as in `page_mut`, no
-                // translation lets another thread write either frame now.
-                unsafe {
-                    let base = view.as_ptr();
-                    std::ptr::copy_nonoverlapping(
-                        base.add(from.0 as usize * page),
-                        base.add(to.0 as usize * page),
-                        page,
-                    );
+            Storage::Shared { shm, view } => {
+                let base = view.as_ptr();
+                // SAFETY: the runs lie inside the view (their frames are
+                // below the slots in use, which are below the capacity the
+                // memfd was sized for); as in `page`, no translation lets
+                // another thread write the source now, and the destination
+                // run does not overlap it.
+                let src = unsafe { std::slice::from_raw_parts(base.add(f * page), n * page) };
+                if shm.write_at(t * page, src).is_err() {
+                    // Out of memory for the memfd: a plain copy raises the
+                    // same condition the way any store to it would.
+                    // SAFETY: as above; the runs are distinct.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(t * page), n * page)
+                    }
                 }
             }
         }

@@ -1552,6 +1552,7 @@ impl State {
         let Some(first) = self.phys.alloc_run(n as u32, |k| (t, i + u64::from(k))) else {
             return Ok(None);
         };
+        self.phys.commit_run(first, n as u32);
         let pages = &mut self.objects.get_mut(t).pages;
         for k in 0..n {
             let frame = Frame(first.0 + k as u32);
@@ -1682,6 +1683,8 @@ impl State {
     ) -> Result<(), ViolationKind> {
         let window = self.space(sid).window.min(end - vpn);
         let mut n = 1;
+        // Pushes the run needs, done together before it becomes writable.
+        let mut pushes: Vec<(ObjId, u64, Frame, u64)> = Vec::new();
         while n < window {
             let (v, j, g) = (vpn + n, i + n, Frame(f.0 + n as u32));
             match self.space(sid).pmap.extract(v) {
@@ -1697,11 +1700,12 @@ impl State {
             }
             let pending = self.push_pending(t, j);
             if write {
-                if h != t || (pending.is_some() && self.phys.available() < 4) {
+                let room = self.phys.available() >= 4 + pushes.len();
+                if h != t || (pending.is_some() && !room) {
                     break;
                 }
                 if let Some(c) = pending {
-                    self.push(c, j, g, (sid, v));
+                    pushes.push((c, j, g, v));
                 }
                 self.make_dirty(t, j);
             } else {
@@ -1719,11 +1723,49 @@ impl State {
             n += 1;
         }
         self.phys.info[f.0 as usize].referenced = true;
+        self.push_run(sid, &pushes);
         self.space_mut(sid).next_seq = vpn + n;
         self.space_mut(sid)
             .pmap
             .enter_run(vpn, f, n, prot)
             .map_err(|_| ViolationKind::NoMemory)
+    }
+
+    /// Does the pushes `(copy, page, frame, vpn)` of a run of faulting
+    /// pages in space `sid`: runs of consecutive pages into one copy object
+    /// get consecutive fresh frames filled by one copy (one `pwrite` on the
+    /// real MMU) where the pool has them, and one by one otherwise.
+    fn push_run(&mut self, sid: usize, pushes: &[(ObjId, u64, Frame, u64)]) {
+        let mut rest = pushes;
+        while let Some(&(c, j, g, _)) = rest.first() {
+            let m = rest
+                .iter()
+                .enumerate()
+                .take_while(|&(k, &(c2, j2, g2, _))| {
+                    c2 == c && j2 == j + k as u64 && g2.0 == g.0 + k as u32
+                })
+                .count();
+            let (run, next) = rest.split_at(m);
+            rest = next;
+            let dst = self.phys.alloc_run(m as u32, |k| (c, j + u64::from(k)));
+            let Some(dst) = dst else {
+                for &(c, j, g, v) in run {
+                    self.push(c, j, g, (sid, v));
+                }
+                continue;
+            };
+            self.phys.copy_run(g, dst, m as u32);
+            for (k, &(c, j, g, v)) in run.iter().enumerate() {
+                let page = PageState::Resident {
+                    frame: Frame(dst.0 + k as u32),
+                    dirty: true,
+                    slot: None,
+                };
+                self.objects.get_mut(c).pages.insert(j, page);
+                self.unmap_frame(g, Some((sid, v)));
+                self.n.pushes += 1;
+            }
+        }
     }
 
     /// Pushes frame `f` (page `i` of the object `c` copies) into `c`.

@@ -1756,13 +1756,7 @@ impl State {
             };
             self.phys.copy_run(g, dst, m as u32);
             for (k, &(c, j, g, v)) in run.iter().enumerate() {
-                let page = PageState::Resident {
-                    frame: Frame(dst.0 + k as u32),
-                    dirty: true,
-                    slot: None,
-                };
-                self.objects.get_mut(c).pages.insert(j, page);
-                self.unmap_frame(g, Some((sid, v)));
+                self.adopt_copy(c, j, Frame(dst.0 + k as u32), g, (sid, v));
                 self.n.pushes += 1;
             }
         }
@@ -1781,6 +1775,13 @@ impl State {
     fn copy_page(&mut self, o: ObjId, i: u64, f: Frame, keep: (usize, u64)) -> Frame {
         let g = self.alloc((o, i));
         self.phys.copy(f, g);
+        self.adopt_copy(o, i, g, f, keep);
+        g
+    }
+
+    /// Makes `g`, just filled with a copy of `f`, object `o`'s dirty page
+    /// `i`, and removes `f`'s translations except `keep`'s.
+    fn adopt_copy(&mut self, o: ObjId, i: u64, g: Frame, f: Frame, keep: (usize, u64)) {
         let page = PageState::Resident {
             frame: g,
             dirty: true,
@@ -1788,7 +1789,6 @@ impl State {
         };
         self.objects.get_mut(o).pages.insert(i, page);
         self.unmap_frame(f, Some(keep));
-        g
     }
 
     /// Marks page `i` of `t` (resident) dirty; its swap copy is stale.

@@ -240,8 +240,7 @@ impl Pmap for HostPmap {
         let at = first * self.page as u64;
         if let Err(e) = self.region.map_file(off, len, src.fd, at, prot) {
             // Whatever was there may be gone: forget it, as a pmap may.
-            let runs = self.t.remove_range(vpn..vpn + n);
-            self.reset_runs(runs);
+            self.remove(vpn..vpn + n);
             return Err(VmError::Host(e.to_string()));
         }
         for k in 0..n {

@@ -12,7 +12,9 @@ use vmprim_prim::{page_size, Prot};
 const NONE: u32 = u32::MAX;
 
 /// For each page of a space, the first object that overlaps it: where a
-/// scan of that page alone starts. Kept for spaces filled in address order.
+/// scan of that page alone starts. Kept for spaces filled in address order,
+/// contiguously from their page-aligned start, so the first object of a
+/// page is the one that covers the page's first byte.
 #[derive(Debug)]
 pub(crate) struct CrossMap {
     base: usize,
@@ -40,20 +42,21 @@ impl CrossMap {
         self.touched = 0;
     }
 
-    /// Records an object of `bytes` bytes at `obj`, which lies after every
-    /// object recorded so far.
+    /// Records an object of `bytes` bytes at `obj`, which begins where the
+    /// objects recorded so far end. Most objects cover no page's first byte
+    /// and cost one comparison.
     #[inline]
     pub(crate) fn note(&mut self, obj: usize, bytes: usize) {
         let off = obj - self.base;
-        let first = off >> self.shift;
+        let first = (off + (1 << self.shift) - 1) >> self.shift;
         let last = (off + bytes - 1) >> self.shift;
-        let word = (off / WORD) as u32;
-        for p in first..=last {
-            if self.first[p] == NONE {
+        if first <= last {
+            let word = (off / WORD) as u32;
+            for p in first..=last {
                 self.first[p] = word;
             }
+            self.touched = last + 1;
         }
-        self.touched = self.touched.max(last + 1);
     }
 
     /// The first object overlapping the page that holds `addr`.
@@ -210,17 +213,33 @@ impl Copier {
     /// lie in `lo..hi`; returns the object's size in bytes.
     #[inline]
     pub(crate) fn scan_fields(&mut self, obj: usize, lo: usize, hi: usize) -> usize {
-        let d = self.delta;
         // SAFETY: `obj` is an object of a space this collector owns.
-        let h = unsafe { words::get(obj.wrapping_add(d)) };
+        let h = unsafe { words::get(obj.wrapping_add(self.delta)) };
         let Some(shape) = Shape::from_header(h) else {
             std::process::abort(); // a to-space object is never forwarded
         };
         let first = (obj + ptr_offset(0)).max(lo.next_multiple_of(WORD));
         let end = (obj + ptr_offset(shape.ptrs as usize)).min(hi);
+        self.forward_slots(first, end);
+        shape.bytes()
+    }
+
+    /// Forwards every pointer field of the object at `obj` (in to-space),
+    /// whose header the caller read: `shape`.
+    #[inline]
+    pub(crate) fn scan_shape(&mut self, obj: usize, shape: Shape) {
+        self.forward_slots(obj + ptr_offset(0), obj + ptr_offset(shape.ptrs as usize));
+    }
+
+    /// Forwards the pointer fields at `first..end` (word-aligned slot
+    /// addresses of one to-space object).
+    #[inline(always)]
+    fn forward_slots(&mut self, first: usize, end: usize) {
+        let d = self.delta;
         let mut slot = first;
         while slot < end {
-            // SAFETY: a pointer field of the object, in the collector's view.
+            // SAFETY: a pointer field of a to-space object, in the
+            // collector's view.
             let v = unsafe { words::get(slot.wrapping_add(d)) };
             let n = self.forward(v);
             if n != v {
@@ -229,7 +248,6 @@ impl Copier {
             }
             slot += WORD;
         }
-        shape.bytes()
     }
 
     /// Cheney's scan: forwards the fields of objects from `*scan` on, until

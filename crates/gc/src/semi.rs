@@ -11,7 +11,7 @@ use vmprim_prim::{Prot, Region};
 
 #[derive(Debug)]
 enum Memory {
-    Plain(#[allow(dead_code, reason = "owns the mapping")] Region),
+    Plain(Region),
     Views {
         mutator: Arc<View>,
         #[allow(dead_code, reason = "owns the collector's mapping")]
@@ -65,6 +65,18 @@ impl Semi {
             Memory::Plain(_) => None,
             Memory::Views { mutator, .. } => Some(mutator),
         }
+    }
+
+    /// Sets the protection of `len` bytes at the mutator's address `addr`
+    /// (page-aligned, inside both semispaces). Async-signal-safe. Fails
+    /// only when the kernel has no memory left for the mapping's split.
+    pub(crate) fn protect(&self, addr: usize, len: usize, prot: Prot) -> Result<(), GcError> {
+        let offset = addr.wrapping_sub(self.base);
+        match &self.memory {
+            Memory::Plain(region) => region.protect(offset, len, prot)?,
+            Memory::Views { mutator, .. } => mutator.protect(offset, len, prot)?,
+        }
+        Ok(())
     }
 
     pub(crate) fn lo(&self, i: usize) -> usize {

@@ -1,21 +1,27 @@
 //! Appel–Ellis–Li copying with the VM read barrier, incremental
 //! ([`VmBarrier`]) and concurrent ([`VmConcurrent`]).
 //!
-//! The heap is shared memory mapped twice (MAP2). The mutator uses one
-//! view; the collector reads and writes through the other, which is never
-//! protected. At the flip the roots' objects are copied and the pages that
-//! receive copies are protected in the mutator's view (PROTN, extended
-//! ahead of the copying as it goes). A mutator touching such a page traps
-//! (TRAP): the handler scans that page alone, forwarding its pointer
-//! fields, and unprotects it (UNPROT), so the mutator only ever sees
-//! to-space pointers. The rest of to-space is scanned page by page in
+//! At the flip the roots' objects are copied and the pages that receive
+//! copies are protected in the mutator's view (PROTN). A mutator touching
+//! such a page traps (TRAP): the handler scans that page alone, forwarding
+//! its pointer fields, and unprotects it (UNPROT), so the mutator only ever
+//! sees to-space pointers. The rest of to-space is scanned page by page in
 //! address order, by allocation increments or by a collector thread, and
 //! each run of scanned pages is unprotected with one call.
 //!
+//! The concurrent collector's heap is shared memory mapped twice (MAP2):
+//! its thread reads and writes through a view that is never protected,
+//! while the mutator runs. The incremental collector needs no second view:
+//! all its work runs on the mutator's thread (in an allocation refill or in
+//! the trap handler), so it unprotects the pages it is about to scan and
+//! the page copies land on, and protects again whatever is still unscanned
+//! before the mutator runs on. Its heap is plain anonymous memory, which
+//! costs less to fault in than shared memory.
+//!
 //! Which page a copy lands on is decided under one lock, shared by the
-//! handler, the scanner and the mutator's chunk refills; a page the handler
-//! scans is first closed to further copies (padded), so no object appears
-//! on it unscanned once it is readable. See docs/decisions/0004.
+//! handler, the scanner and the mutator's chunk refills; copies that land
+//! on a page a trap has opened are scanned before the lock is released, so
+//! no object is readable unscanned. See docs/decisions/0004.
 
 use crate::config::{Config, GcError};
 use crate::copier::{Copier, CrossMap, Guard};
@@ -30,7 +36,6 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
-use vmprim_prim::map2::View;
 use vmprim_prim::trap::{self, Cause, Fault, Outcome, Registration};
 use vmprim_prim::{page_size, Prot};
 
@@ -114,8 +119,11 @@ struct State {
     active: bool,
     /// Which semispace is current (to-space while collecting).
     cur: usize,
-    /// Pages of to-space scanned (bit per page).
+    /// Pages of to-space scanned by a trap (bit per page).
     scanned: Vec<u64>,
+    /// How many bits of `scanned` are set: while none is, Cheney's scan
+    /// need not look at them.
+    trapped: usize,
     /// Cheney's scan pointer: every object below it is scanned.
     scan: usize,
     /// Within the object at `scan`, the fields below this are scanned (0:
@@ -123,6 +131,17 @@ struct State {
     scan_at: usize,
     /// Pages below this are open to the mutator (scanned, and full).
     opened: usize,
+    /// Single view: to-space pages `opened..prot_hi` are protected in the
+    /// mutator's view, except the ones a trap scanned and the ones exposed
+    /// below; pages from `prot_hi` on are writable (fresh, or holding copies
+    /// not yet sealed). With two views the copier's guard keeps this bound.
+    prot_hi: usize,
+    /// Single view: the collector itself is working on `opened..win_hi`,
+    /// unprotected until the lock is released.
+    win_hi: usize,
+    /// Single view: another page exposed for the same time (the page that
+    /// holds the header of the first object overlapping a trapped page).
+    exposed: Option<usize>,
     /// The page holding the copy frontier, if a trap opened it before it
     /// was full: its end, and how far its objects are scanned. Copies that
     /// land on it are scanned (drained) before the lock is released.
@@ -144,7 +163,10 @@ struct Shared {
     state: SpinLock<State>,
     log: Log,
     semi: Semi,
-    view: Arc<View>,
+    /// Whether the collector works through the mutator's own (only) view:
+    /// it unprotects what it touches and protects it again before it lets
+    /// the lock go. Otherwise it uses its own view (MAP2), never protected.
+    single: bool,
     page: usize,
     /// Concurrent mode: flips counted, for the collector thread to wait on.
     work: Mutex<u64>,
@@ -173,26 +195,125 @@ impl State {
 
     fn set_scanned(&mut self, i: usize) {
         self.scanned[i / 64] |= 1 << (i % 64);
+        self.trapped += 1;
+    }
+
+    /// Sets `lo..hi` of the mutator's view to `prot`. Async-signal-safe.
+    fn protect(sh: &Shared, lo: usize, hi: usize, prot: Prot) {
+        if hi > lo && sh.semi.protect(lo, hi - lo, prot).is_err() {
+            // The barrier can be neither lifted nor kept: the mutator could
+            // never proceed, or would see unscanned objects. (mprotect fails
+            // only without memory for VMAs.)
+            std::process::abort();
+        }
     }
 
     /// Unprotects `lo..hi` of the mutator's view. Async-signal-safe.
     fn open(sh: &Shared, lo: usize, hi: usize) {
-        if hi > lo
-            && sh
-                .view
-                .protect(lo - sh.semi.base, hi - lo, Prot::READ_WRITE)
-                .is_err()
-        {
-            // The barrier can no longer be lifted: the mutator could never
-            // proceed. (mprotect fails only without memory for VMAs.)
-            std::process::abort();
+        Self::protect(sh, lo, hi, Prot::READ_WRITE);
+    }
+
+    /// Protects the pages of `lo..hi` no trap has scanned, a run per call.
+    fn close_unscanned(&self, sh: &Shared, lo: usize, hi: usize) {
+        if self.trapped == 0 {
+            Self::protect(sh, lo, hi, Prot::NONE);
+            return;
         }
+        let to_lo = sh.semi.lo(self.cur);
+        let mut run = lo;
+        let mut at = lo;
+        while at < hi {
+            if self.is_scanned((at - to_lo) / sh.page) {
+                Self::protect(sh, run, at, Prot::NONE);
+                run = at + sh.page;
+            }
+            at += sh.page;
+        }
+        Self::protect(sh, run, hi, Prot::NONE);
+    }
+
+    /// The end of the protected part of to-space.
+    fn prot_hi(&self) -> usize {
+        match &self.copier.guard {
+            Some(g) => g.prot_hi,
+            None => self.prot_hi,
+        }
+    }
+
+    /// Single view, before the collector copies or scans: unprotects the
+    /// copy frontier's page, which holds unscanned copies and receives the
+    /// next ones, and the window `opened..stop` the scan will work in (one
+    /// call when they meet). Async-signal-safe.
+    fn unseal(&mut self, sh: &Shared, stop: usize) {
+        if !sh.single || !self.active {
+            return;
+        }
+        self.win_hi = self.opened;
+        let f = self.copier.free & !(sh.page - 1);
+        let to_lo = sh.semi.lo(self.cur);
+        if f >= self.opened && f < self.prot_hi {
+            if stop >= f {
+                Self::open(sh, self.opened, f + sh.page);
+                self.win_hi = f;
+            } else if !self.is_scanned((f - to_lo) / sh.page) {
+                Self::open(sh, f, f + sh.page);
+            }
+            self.prot_hi = f;
+        }
+        self.reach(sh, stop);
+    }
+
+    /// Single view: lets the collector read and write to-space below `end`
+    /// (the window grows from `opened`). Async-signal-safe.
+    #[inline]
+    fn reach(&mut self, sh: &Shared, end: usize) {
+        if sh.single && end > self.win_hi && self.win_hi < self.prot_hi {
+            let hi = end
+                .checked_next_multiple_of(sh.page)
+                .unwrap_or(usize::MAX)
+                .min(self.prot_hi);
+            if hi > self.win_hi {
+                Self::open(sh, self.win_hi, hi);
+                self.win_hi = hi;
+            }
+        }
+    }
+
+    /// Single view, before the lock is released: protects again what the
+    /// collector exposed and has not scanned, and the pages that received
+    /// copies. Async-signal-safe.
+    fn seal(&mut self, sh: &Shared) {
+        if !sh.single || !self.active {
+            return;
+        }
+        let lo = self.opened;
+        let end = self.copier.free.next_multiple_of(sh.page);
+        if self.win_hi >= self.prot_hi && self.win_hi > lo {
+            // The window reached the frontier: one range to close.
+            self.close_unscanned(sh, lo, end.max(self.win_hi));
+            self.win_hi = lo;
+            self.prot_hi = self.prot_hi.max(end);
+        }
+        if self.win_hi > lo {
+            self.close_unscanned(sh, lo, self.win_hi.min(self.prot_hi));
+        }
+        self.win_hi = lo;
+        if let Some(p) = self.exposed.take() {
+            if p >= lo && p < self.prot_hi {
+                self.close_unscanned(sh, p, p + sh.page);
+            }
+        }
+        let from = self.prot_hi.max(lo);
+        if end > from {
+            self.close_unscanned(sh, from, end);
+        }
+        self.prot_hi = self.prot_hi.max(end).max(lo);
     }
 
     /// The trap: the mutator touched `page`. Async-signal-safe.
     fn trap(&mut self, sh: &Shared, page: usize) -> Trapped {
         let to_lo = sh.semi.lo(self.cur);
-        let prot_hi = self.copier.guard.as_ref().map_or(0, |g| g.prot_hi);
+        let prot_hi = self.prot_hi();
         if !self.active || page < to_lo || page >= prot_hi {
             return Trapped::Stale; // unprotected since the fault was raised
         }
@@ -209,6 +330,22 @@ impl State {
             return Trapped::Foreign;
         }
         let end = page + sh.page;
+        self.unseal(sh, self.opened);
+        if sh.single {
+            // The page itself, for good (UNPROT before the scan: nobody
+            // else runs), and the header of the object reaching into it.
+            Self::open(sh, page, end);
+            if let Some(first) = self.copier.cross.as_ref().and_then(|c| c.first(page)) {
+                let head = first & !(sh.page - 1);
+                if head < page && head >= self.opened && head < self.prot_hi() {
+                    let i = (head - to_lo) / sh.page;
+                    if !self.is_scanned(i) {
+                        Self::open(sh, head, head + sh.page);
+                        self.exposed = Some(head);
+                    }
+                }
+            }
+        }
         self.drain();
         self.copier.scan_slots(page, end);
         if self.copier.free < end {
@@ -219,7 +356,11 @@ impl State {
         }
         self.drain();
         self.set_scanned(i);
-        Self::open(sh, page, end);
+        if sh.single {
+            self.seal(sh);
+        } else {
+            Self::open(sh, page, end);
+        }
         Trapped::Scanned
     }
 
@@ -237,22 +378,66 @@ impl State {
     }
 
     /// Whether every page `obj..obj + bytes` touches was scanned by a trap.
+    #[inline]
     fn trapped_over(&self, sh: &Shared, obj: usize, bytes: usize) -> bool {
+        if self.trapped == 0 {
+            return false;
+        }
         let to_lo = sh.semi.lo(self.cur);
-        let (a, b) = ((obj - to_lo) / sh.page, (obj + bytes - 1 - to_lo) / sh.page);
+        let shift = sh.page.trailing_zeros();
+        let (a, b) = ((obj - to_lo) >> shift, (obj + bytes - 1 - to_lo) >> shift);
         (a..=b).all(|i| self.is_scanned(i))
     }
 
-    /// Cheney's scan, in address order, for at most `budget` bytes of
-    /// objects; opens the pages it has passed. Objects wholly on pages a
+    /// Cheney's scan over whole objects, while no page of this collection
+    /// was trapped and each object's fields end by `stop`.
+    #[inline]
+    fn cheney(&mut self, stop: usize) {
+        let d = self.copier.delta;
+        while self.scan < self.copier.free && self.scan < stop {
+            let obj = self.scan;
+            // SAFETY: a to-space object below the frontier, read through
+            // the collector's view (or inside the single view's window:
+            // `obj` is below `stop`).
+            let h = unsafe { words::get(obj.wrapping_add(d)) };
+            let Some(shape) = Shape::from_header(h) else {
+                std::process::abort(); // a to-space object is never forwarded
+            };
+            if obj + ptr_offset(shape.ptrs as usize) > stop {
+                break;
+            }
+            self.copier.scan_shape(obj, shape);
+            self.scan = obj + shape.bytes();
+        }
+    }
+
+    /// Cheney's scan, in address order, over the next `budget` bytes of
+    /// to-space (rounded up to a page; a big object is scanned a slice at a
+    /// time, so neither a trapping mutator nor an increment waits for all
+    /// of it); opens the pages it has passed. Objects wholly on pages a
     /// trap already scanned are skipped. Returns whether the scan reached
     /// the copy frontier (the tracing is done).
     fn scan_pages(&mut self, sh: &Shared, budget: usize) -> bool {
-        let mut left = budget;
-        while self.scan < self.copier.free && left > 0 {
+        let stop = self
+            .scan
+            .max(self.scan_at)
+            .saturating_add(budget)
+            .checked_next_multiple_of(sh.page)
+            .unwrap_or(usize::MAX);
+        self.unseal(sh, stop);
+        while self.scan < self.copier.free && self.scan.max(self.scan_at) < stop {
+            if self.trapped == 0 && self.scan_at == 0 {
+                self.cheney(stop);
+                if self.scan >= self.copier.free || self.scan >= stop {
+                    break;
+                }
+            }
+            // An object the fast loop left: fields past `stop`, or near a
+            // trapped page.
             let obj = self.scan;
+            self.reach(sh, obj + WORD);
             // SAFETY: a to-space object below the frontier, read through
-            // the collector's view.
+            // the collector's view (or inside the single view's window).
             let h = unsafe { words::get(obj.wrapping_add(self.copier.delta)) };
             let Some(shape) = Shape::from_header(h) else {
                 std::process::abort(); // a to-space object is never forwarded
@@ -260,18 +445,15 @@ impl State {
             let bytes = shape.bytes();
             if self.trapped_over(sh, obj, bytes) {
                 (self.scan, self.scan_at) = (obj + bytes, 0);
-                left = left.saturating_sub(WORD);
                 continue;
             }
-            // A big array is scanned a slice at a time, so neither a
-            // trapping mutator nor an increment waits for all of it.
             let slots_end = obj + ptr_offset(shape.ptrs as usize);
             let from = self.scan_at.max(obj);
-            let to = slots_end.min(from.saturating_add(left));
+            let to = slots_end.min(stop);
+            self.reach(sh, to);
             if to > from {
                 self.copier.scan_fields(obj, from, to);
             }
-            left = left.saturating_sub((to - from).max(WORD));
             if to >= slots_end {
                 (self.scan, self.scan_at) = (obj + bytes, 0);
             } else {
@@ -283,20 +465,32 @@ impl State {
         let upto = if done {
             self.copier.free.next_multiple_of(sh.page)
         } else {
-            self.scan & !(sh.page - 1)
+            // Below the object being scanned, and below the fields of it
+            // scanned so far, every page is scanned.
+            self.scan.max(self.scan_at) & !(sh.page - 1)
         };
         if upto > self.opened {
-            Self::open(sh, self.opened, upto);
+            if sh.single {
+                // The window holds what the scan passed, but for the tail
+                // of an object without pointer fields past `stop`.
+                let hi = upto.min(self.prot_hi);
+                if hi > self.win_hi {
+                    Self::open(sh, self.win_hi.max(self.opened), hi);
+                    self.win_hi = hi;
+                }
+            } else {
+                Self::open(sh, self.opened, upto);
+            }
             self.opened = upto;
         }
+        self.seal(sh);
         done
     }
 
     /// Ends the collection: unprotects the pages protected ahead of the
     /// copies, frees unreached large objects.
     fn complete(&mut self, sh: &Shared, scale: usize) {
-        let prot_hi = self.copier.guard.as_ref().map_or(0, |g| g.prot_hi);
-        Self::open(sh, self.opened, prot_hi);
+        Self::open(sh, self.opened, self.prot_hi());
         self.los.sweep();
         self.active = false;
         let to_lo = sh.semi.lo(self.cur);
@@ -336,7 +530,11 @@ impl State {
         if let Some(g) = &mut c.guard {
             g.prot_hi = sh.semi.lo(to);
         }
+        self.prot_hi = sh.semi.lo(to);
+        self.win_hi = sh.semi.lo(to);
+        self.exposed = None;
         self.scanned.fill(0);
+        self.trapped = 0;
         for r in roots.iter_mut() {
             *r = c.forward(*r);
         }
@@ -348,6 +546,8 @@ impl State {
         self.alloc = sh.semi.hi(to);
         self.los_since = 0;
         self.active = true;
+        // The roots' copies landed on writable pages: protect them.
+        self.seal(sh);
         sh.log.collections.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -572,14 +772,22 @@ impl<const CONCURRENT: bool> Vm<CONCURRENT> {
 
 impl<const CONCURRENT: bool> Engine for Vm<CONCURRENT> {
     fn create(cfg: &Config) -> Result<Self, GcError> {
-        let semi = Semi::mapped(cfg.heap_bytes)?;
-        let view = semi.mutator_view().expect("two views").clone();
+        // Only a collector thread needs a view of its own: the incremental
+        // collector works on the mutator's thread, so it can unprotect what
+        // it touches and protect it again before the mutator runs, and its
+        // heap is plain anonymous memory, which costs less to fault in than
+        // shared memory.
+        let semi = if CONCURRENT {
+            Semi::mapped(cfg.heap_bytes)?
+        } else {
+            Semi::plain(cfg.heap_bytes)?
+        };
         let p = page_size();
         let mut copier = Copier::new(semi.delta);
         copier.free = semi.lo(0);
         copier.limit = semi.hi(0);
         copier.cross = Some(CrossMap::new(semi.lo(0), semi.half));
-        copier.guard = Some(Guard {
+        copier.guard = semi.mutator_view().map(|view| Guard {
             view: view.clone(),
             prot_hi: semi.lo(0),
             step: cfg.chunk_bytes,
@@ -590,6 +798,10 @@ impl<const CONCURRENT: bool> Engine for Vm<CONCURRENT> {
             active: false,
             cur: 0,
             scanned: vec![0; (semi.half / p).div_ceil(64)],
+            trapped: 0,
+            prot_hi: semi.lo(0),
+            win_hi: semi.lo(0),
+            exposed: None,
             scan: 0,
             scan_at: 0,
             opened: 0,
@@ -607,7 +819,7 @@ impl<const CONCURRENT: bool> Engine for Vm<CONCURRENT> {
             state: SpinLock::new(state),
             log: Log::new(cfg.pause_log),
             semi,
-            view,
+            single: !CONCURRENT,
             page: p,
             work: Mutex::new(0),
             wake: Condvar::new(),

@@ -3,7 +3,7 @@
 use crate::config::{Config, GcError};
 use crate::copier::Copier;
 use crate::heap::{sealed::Engine, Collector};
-use crate::los::Los;
+use crate::los::{self, Los};
 use crate::object::Shape;
 use crate::semi::{init, Semi};
 use crate::stats::{Log, Stats};
@@ -18,7 +18,8 @@ use vmprim_prim::page_size;
 /// then scans [`Config::scan_ratio`] times its size of to-space. The
 /// mutator never sees a from-space pointer: every pointer load checks
 /// whether the loaded value lies in from-space and, if so, copies the
-/// object (or follows its forwarding pointer) and heals the field. That
+/// object (or follows its forwarding pointer) and heals the field; while a
+/// collection is in progress it also marks a large object it loads. That
 /// check on every load is the cost the VM read barrier removes.
 ///
 /// New objects are allocated black at the top of to-space. A flip starts
@@ -213,6 +214,18 @@ impl Engine for Baker {
         if v.wrapping_sub(self.bar_lo) < self.bar_len {
             self.heal(slot, v)
         } else {
+            if self.bar_len != 0
+                && v != 0
+                && v.wrapping_sub(self.copier.to_lo) >= self.copier.to_len
+            {
+                // A large object, loaded from an object the scan may not
+                // have reached: the mutator could erase that reference and
+                // keep this one only in a root or a black object, which
+                // the collection will not scan. Mark it now.
+                // SAFETY: a non-null pointer outside both semispaces is a
+                // large object (the heap's invariant), alive: just loaded.
+                unsafe { los::mark(v) };
+            }
             v
         }
     }

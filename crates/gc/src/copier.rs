@@ -70,7 +70,9 @@ impl CrossMap {
 }
 
 /// Keeps the pages copies land on protected from the mutator, ahead of the
-/// copying (the VM read barrier's to-space).
+/// copying (the VM read barrier's to-space, when the collector writes
+/// through a view of its own; with one view the collector seals them
+/// itself).
 #[derive(Debug)]
 pub(crate) struct Guard {
     pub(crate) view: Arc<View>,

@@ -27,7 +27,7 @@ use crate::config::{Config, GcError};
 use crate::copier::{Copier, CrossMap, Guard};
 use crate::heap::{sealed::Engine, Collector};
 use crate::los::Los;
-use crate::object::{ptr_offset, Shape, WORD};
+use crate::object::{ptr_offset, Shape};
 use crate::semi::{init, Semi};
 use crate::stats::{Log, Stats};
 use crate::words;
@@ -260,22 +260,11 @@ impl State {
             }
             self.prot_hi = f;
         }
-        self.reach(sh, stop);
-    }
-
-    /// Single view: lets the collector read and write to-space below `end`
-    /// (the window grows from `opened`). Async-signal-safe.
-    #[inline]
-    fn reach(&mut self, sh: &Shared, end: usize) {
-        if sh.single && end > self.win_hi && self.win_hi < self.prot_hi {
-            let hi = end
-                .checked_next_multiple_of(sh.page)
-                .unwrap_or(usize::MAX)
-                .min(self.prot_hi);
-            if hi > self.win_hi {
-                Self::open(sh, self.win_hi, hi);
-                self.win_hi = hi;
-            }
+        // `stop` is a page boundary (or the end of memory).
+        let hi = stop.min(self.prot_hi);
+        if hi > self.win_hi {
+            Self::open(sh, self.win_hi, hi);
+            self.win_hi = hi;
         }
     }
 
@@ -425,17 +414,24 @@ impl State {
             .checked_next_multiple_of(sh.page)
             .unwrap_or(usize::MAX);
         self.unseal(sh, stop);
-        while self.scan < self.copier.free && self.scan.max(self.scan_at) < stop {
+        loop {
+            // The objects copied onto a page a trap opened are scanned by
+            // `drain`, which may copy more for this scan: stop only when
+            // neither has anything left.
+            self.drain();
+            if self.scan >= self.copier.free || self.scan.max(self.scan_at) >= stop {
+                break;
+            }
             if self.trapped == 0 && self.scan_at == 0 {
+                let at = self.scan;
                 self.cheney(stop);
-                if self.scan >= self.copier.free || self.scan >= stop {
-                    break;
+                if self.scan != at {
+                    continue;
                 }
             }
-            // An object the fast loop left: fields past `stop`, or near a
-            // trapped page.
+            // An object the fast loop left (its fields run past `stop`),
+            // or any object once a page was trapped.
             let obj = self.scan;
-            self.reach(sh, obj + WORD);
             // SAFETY: a to-space object below the frontier, read through
             // the collector's view (or inside the single view's window).
             let h = unsafe { words::get(obj.wrapping_add(self.copier.delta)) };
@@ -450,7 +446,6 @@ impl State {
             let slots_end = obj + ptr_offset(shape.ptrs as usize);
             let from = self.scan_at.max(obj);
             let to = slots_end.min(stop);
-            self.reach(sh, to);
             if to > from {
                 self.copier.scan_fields(obj, from, to);
             }
@@ -460,7 +455,6 @@ impl State {
                 self.scan_at = to;
             }
         }
-        self.drain();
         let done = self.scan >= self.copier.free;
         let upto = if done {
             self.copier.free.next_multiple_of(sh.page)

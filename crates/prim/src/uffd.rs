@@ -380,6 +380,43 @@ impl Uffd {
         Ok(())
     }
 
+    /// Registers the mappings in `start..start + len` as they are now, for
+    /// the faults of `mode`, without recording the range: for an owner that
+    /// keeps replacing the mappings of a range it manages (a pmap), each
+    /// replacement dropping the registration of what it replaced. It may
+    /// be called again over pages already registered here; the kernel
+    /// merges neighbouring registered mappings. [`register`](Self::register)
+    /// and [`unregister`](Self::unregister) do not see these ranges.
+    ///
+    /// # Examples
+    /// A mapping made over a registered page is not registered; covering
+    /// the range again registers it, and write protection holds on it.
+    /// ```
+    /// use vmprim_prim::uffd::{Delivery, Features, Mode, Uffd};
+    /// use vmprim_prim::{page_size, Prot, Region};
+    ///
+    /// let p = page_size();
+    /// let region = Region::new(2 * p, Prot::READ_WRITE)?;
+    /// let (start, len) = (region.as_ptr() as usize, region.len());
+    /// let uffd = Uffd::new(Delivery::Sigbus, Features::WP)?;
+    /// uffd.cover(start, len, Mode::WP)?;
+    /// region.reset(p, p)?; // a new mapping of page 1: no longer registered
+    /// region.unprot(p, p)?;
+    /// assert!(uffd.write_protect(start, len).is_err());
+    /// uffd.cover(start, len, Mode::WP)?; // page 0 again, page 1 anew
+    /// uffd.write_protect(start, len)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cover(&self, start: usize, len: usize, mode: Mode) -> Result<(), UffdError> {
+        check_addr_range(start, len)?;
+        sys::register(self.fd.as_fd(), start as u64, len as u64, mode.0)
+            .map(drop)
+            .map_err(|source| UffdError::Os {
+                op: "UFFDIO_REGISTER",
+                source,
+            })
+    }
+
     /// Unregisters a range registered with [`register`](Self::register)
     /// (exactly that range).
     pub fn unregister(&self, start: usize, len: usize) -> Result<(), UffdError> {

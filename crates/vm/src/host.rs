@@ -5,7 +5,14 @@
 //! (`mmap(MAP_SHARED | MAP_FIXED)`, through
 //! [`SharedMemory::map_into`]) with the protection the vm layer chose; so a
 //! frame mapped at two addresses is one physical page. Removing one puts
-//! reserved space back ([`Region::reset`]); lowering one is `mprotect`.
+//! reserved space back ([`Region::reset`]); lowering one is `mprotect`,
+//! except the lowering that copy on write asks for
+//! ([`Pmap::write_protect`]): where the kernel offers userfaultfd write
+//! protection on shared memory, that is a bit in each page-table entry
+//! (`UFFDIO_WRITEPROTECT`), which splits no kernel mapping and costs about
+//! a quarter of an `mprotect` of one page in the middle of a mapping; the
+//! write that follows arrives as `SIGBUS` from userfaultfd, and the vm
+//! layer answers it like any write fault.
 //!
 //! A direct translation ([`Pmap::enter_direct`]) maps a page of a file
 //! privately and read-only (`mmap(MAP_PRIVATE | MAP_FIXED)` through
@@ -21,10 +28,12 @@
 
 use crate::error::VmError;
 use crate::phys::Frame;
-use crate::pmap::{DirectSource, Pmap, ProtRun, Target, Translations};
+use crate::pmap::{DirectSource, Pmap, ProtRun, Target, Translations, ALL_BUT_WRITE};
+use crate::runset::RunSet;
 use std::ops::Range;
 use std::sync::Arc;
 use vmprim_prim::map2::SharedMemory;
+use vmprim_prim::uffd::{Delivery, Features, Mode, Uffd, Wake};
 use vmprim_prim::{page_size, Prot, Region};
 
 /// The real MMU as a pmap: plain loads and stores on the space's addresses
@@ -39,12 +48,62 @@ pub struct HostPmap {
     unmerged: usize,
     limit: usize,
     flushes: u64,
+    wp: Option<WriteProtect>,
+}
+
+/// Write protection for copy on write through userfaultfd: a bit in the
+/// page-table entry rather than a protection of the kernel mapping.
+///
+/// Invariants: a page in `protected` is in `registered` and has a frame
+/// translation whose protection is its kernel mapping's without write;
+/// every other page's kernel mapping has its translation's protection, and
+/// its page-table entry no write-protect bit. A mapping the pmap replaces
+/// (a new `mmap` over it) loses both, as the kernel forgets both.
+#[derive(Debug)]
+struct WriteProtect {
+    uffd: Uffd,
+    /// Pages whose kernel mapping is registered with `uffd` for
+    /// write-protect faults.
+    registered: RunSet,
+    /// Pages write-protected through `uffd`.
+    protected: RunSet,
+}
+
+impl WriteProtect {
+    /// A userfaultfd for write protection of shared memory, delivering its
+    /// faults as `SIGBUS` to the faulting thread; `None` if the kernel
+    /// lacks either feature or refuses userfaultfd.
+    fn open() -> Option<Self> {
+        let uffd = Uffd::new(Delivery::Sigbus, Features::WP | Features::WP_SHMEM).ok()?;
+        Some(Self {
+            uffd,
+            registered: RunSet::default(),
+            protected: RunSet::default(),
+        })
+    }
+
+    /// The kernel mapping of `pages` was replaced.
+    fn forget(&mut self, pages: Range<u64>) {
+        self.registered.remove(pages.clone());
+        self.protected.remove(pages);
+    }
 }
 
 impl HostPmap {
     /// Reserves `pages` pages of address space for translations to pages of
-    /// `frames`.
+    /// `frames`. Copy-on-write downgrades use userfaultfd write protection
+    /// when the kernel offers it for shared memory (Linux 5.19+, and
+    /// userfaultfd allowed to this process), `mprotect` otherwise.
     pub fn new(pages: u64, frames: Arc<SharedMemory>) -> Result<Self, VmError> {
+        let mut me = Self::with_mprotect(pages, frames)?;
+        me.wp = WriteProtect::open();
+        Ok(me)
+    }
+
+    /// As [`new`](Self::new), but every downgrade is an `mprotect`, which
+    /// splits the kernel's mapping around the page: the fallback, and the
+    /// comparison for the userfaultfd path.
+    pub fn with_mprotect(pages: u64, frames: Arc<SharedMemory>) -> Result<Self, VmError> {
         let page = page_size();
         let region =
             Region::reserve(pages as usize * page).map_err(|e| VmError::Host(e.to_string()))?;
@@ -60,7 +119,13 @@ impl HostPmap {
             unmerged: 0,
             limit: (cap / 4).max(64),
             flushes: 0,
+            wp: None,
         })
+    }
+
+    /// Whether copy-on-write downgrades use userfaultfd write protection.
+    pub fn uffd_write_protect(&self) -> bool {
+        self.wp.is_some()
     }
 
     /// How many times the pmap forgot everything to stay under the kernel's
@@ -75,6 +140,10 @@ impl HostPmap {
         self.flushes += 1;
         self.t.clear();
         self.unmerged = 0;
+        if let Some(wp) = &mut self.wp {
+            wp.registered.clear();
+            wp.protected.clear();
+        }
         self.region.reset(0, self.region.len()).is_ok()
     }
 
@@ -90,10 +159,10 @@ impl HostPmap {
 
     fn reset_runs(&mut self, runs: Vec<Range<u64>>) {
         for r in runs {
-            let (off, len) = (
-                r.start as usize * self.page,
-                (r.end - r.start) as usize * self.page,
-            );
+            let (off, len) = self.span(&r);
+            if let Some(wp) = &mut self.wp {
+                wp.forget(r);
+            }
             if self.region.reset(off, len).is_err() {
                 return self.must_flush("remove a translation");
             }
@@ -102,15 +171,82 @@ impl HostPmap {
 
     fn protect_runs(&mut self, runs: Vec<ProtRun>) {
         for (r, prot) in runs {
-            let (off, len) = (
-                r.start as usize * self.page,
-                (r.end - r.start) as usize * self.page,
-            );
+            let (off, len) = self.span(&r);
             self.unmerged += 2;
             if self.region.protect(off, len, prot).is_err() {
                 return self.must_flush("lower a translation");
             }
         }
+    }
+
+    /// The offset and length in the region of pages `r`.
+    fn span(&self, r: &Range<u64>) -> (usize, usize) {
+        (
+            r.start as usize * self.page,
+            (r.end - r.start) as usize * self.page,
+        )
+    }
+
+    /// Takes the userfaultfd write protection off `r` (pages in
+    /// `protected`), whose kernel mappings already have the protection
+    /// their translations want. Forgets everything if the kernel refuses,
+    /// as a write-protect bit left behind would trap writes forever.
+    /// Returns `false` if it forgot everything.
+    fn unprotect_wp(&mut self, r: Range<u64>) -> bool {
+        let (off, len) = self.span(&r);
+        let base = self.region.as_ptr() as usize;
+        let Some(wp) = &mut self.wp else { return true };
+        wp.protected.remove(r);
+        if wp.uffd.write_unprotect(base + off, len, Wake::No).is_err() {
+            self.must_flush("clear write protection");
+            return false;
+        }
+        true
+    }
+
+    /// Whether every page of `r` is write-protected through userfaultfd.
+    fn is_protected(&self, r: Range<u64>) -> bool {
+        self.wp.as_ref().is_some_and(|wp| wp.protected.covers(r))
+    }
+
+    /// Write-protects the frame translations `r`, which were writable,
+    /// through userfaultfd; `false` if it cannot (then no page of `r` is
+    /// write-protected, or the pmap forgot everything).
+    fn protect_wp(&mut self, r: &Range<u64>) -> bool {
+        let (off, len) = self.span(r);
+        let base = self.region.as_ptr() as usize;
+        let Some(wp) = &mut self.wp else {
+            return false;
+        };
+        let gaps = if wp.registered.covers(r.clone()) {
+            Vec::new()
+        } else {
+            wp.registered.gaps(r.clone())
+        };
+        for gap in gaps {
+            let (o, l) = (
+                gap.start as usize * self.page,
+                (gap.end - gap.start) as usize * self.page,
+            );
+            if wp.uffd.cover(base + o, l, Mode::WP).is_err() {
+                return false;
+            }
+            // Registration changes the kernel mappings' flags: it may split
+            // them where it stops.
+            self.unmerged += 2;
+            wp.registered.insert(gap);
+        }
+        if wp.uffd.write_protect(base + off, len).is_err() {
+            // The kernel may have protected part of the run: clear it all,
+            // since a write-protect bit the pmap does not know of would trap
+            // writes forever; failing that, forget everything.
+            if wp.uffd.write_unprotect(base + off, len, Wake::No).is_err() {
+                self.must_flush("clear write protection");
+            }
+            return false;
+        }
+        wp.protected.insert(r.clone());
+        true
     }
 
     /// Whether a mapping of `n` pages from `vpn` to the targets from
@@ -140,13 +276,22 @@ impl Pmap for HostPmap {
         }
         let target = Target::Frame(frame);
         let old = self.t.get(vpn);
-        if old.is_some_and(|(f, _)| f == target) {
-            self.unmerged += 2;
-            if self.region.protect(off, self.page, prot).is_err() {
-                self.must_flush("change a translation");
+        if let Some((_, was)) = old.filter(|&(f, _)| f == target) {
+            let protected = self.is_protected(vpn..vpn + 1);
+            if !(protected && prot == was | Prot::WRITE) {
+                self.unmerged += 2;
+                if self.region.protect(off, self.page, prot).is_err() {
+                    self.must_flush("change a translation");
+                    return self.enter(vpn, frame, prot);
+                }
+            }
+            if protected && !self.unprotect_wp(vpn..vpn + 1) {
                 return self.enter(vpn, frame, prot);
             }
         } else {
+            if let Some(wp) = &mut self.wp {
+                wp.forget(vpn..vpn + 1);
+            }
             if !self.merges(vpn, target, 1, prot) {
                 self.unmerged += 1;
             }
@@ -183,14 +328,38 @@ impl Pmap for HostPmap {
         // drop (each would then fault again).
         let upgrade = (0..n).all(|k| self.t.get(vpn + k).is_some());
         if upgrade {
-            self.unmerged += 2;
-            if self.region.protect(off, len, prot).is_ok() {
+            let run = vpn..vpn + n;
+            // Pages write-protected by userfaultfd for copy on write only
+            // need the bit cleared: their kernel mapping allows the write.
+            let parts = self
+                .wp
+                .as_ref()
+                .map_or_else(Vec::new, |wp| wp.protected.within(run.clone()));
+            let only_wp = parts.len() == 1
+                && parts[0] == run
+                && (0..n).all(|k| {
+                    self.t
+                        .get(vpn + k)
+                        .is_some_and(|(_, p)| p | Prot::WRITE == prot)
+                });
+            let mapped = only_wp || {
+                self.unmerged += 2;
+                self.region.protect(off, len, prot).is_ok()
+            };
+            if mapped && parts.into_iter().all(|r| self.unprotect_wp(r)) {
                 for k in 0..n {
                     self.t
                         .insert(vpn + k, Target::Frame(Frame(first.0 + k as u32)), prot);
                 }
                 return Ok(());
             }
+            if self.t.is_empty() {
+                // Forgotten while clearing a write protection: map afresh.
+                return self.enter_run(vpn, first, n, prot);
+            }
+        }
+        if let Some(wp) = &mut self.wp {
+            wp.forget(vpn..vpn + n);
         }
         if !self.merges(vpn, Target::Frame(first), n, prot) {
             self.unmerged += 1;
@@ -237,6 +406,9 @@ impl Pmap for HostPmap {
         if !self.merges(vpn, target(0), n, prot) {
             self.unmerged += 1;
         }
+        if let Some(wp) = &mut self.wp {
+            wp.forget(vpn..vpn + n);
+        }
         let at = first * self.page as u64;
         if let Err(e) = self.region.map_file(off, len, src.fd, at, prot) {
             // Whatever was there may be gone: forget it, as a pmap may.
@@ -255,9 +427,63 @@ impl Pmap for HostPmap {
     }
 
     fn protect(&mut self, vpns: Range<u64>, prot: Prot) {
-        let (changed, removed) = self.t.protect_range(vpns, prot);
+        let (changed, removed) = self.t.protect_range(vpns.clone(), prot);
+        let flushes = self.flushes;
         self.reset_runs(removed);
-        self.protect_runs(changed);
+        if self.flushes != flushes {
+            // Everything is forgotten: `changed` is no longer mapped.
+            return;
+        }
+        let parts = self
+            .wp
+            .as_ref()
+            .map_or_else(Vec::new, |wp| wp.protected.within(vpns));
+        if parts.is_empty() {
+            return self.protect_runs(changed);
+        }
+        // The mapping's own protection changes: a write the translation
+        // refuses must now be a protection fault, as it would be without
+        // vmprim, not a write-protect fault. So pages write-protected for
+        // copy on write get their translation's protection on the kernel
+        // mapping, then lose the write-protect bit.
+        let wp = self.wp.as_ref().expect("parts come from it");
+        let mut runs: Vec<ProtRun> = Vec::new();
+        for (r, p) in changed {
+            runs.extend(wp.protected.gaps(r).into_iter().map(|g| (g, p)));
+        }
+        for part in &parts {
+            for v in part.clone() {
+                let (_, p) = self.t.get(v).expect("a write-protected page is translated");
+                match runs.last_mut() {
+                    Some((r, q)) if r.end == v && *q == p => r.end += 1,
+                    _ => runs.push((v..v + 1, p)),
+                }
+            }
+        }
+        self.protect_runs(runs);
+        for part in parts {
+            if self.flushes != flushes || !self.unprotect_wp(part) {
+                break;
+            }
+        }
+    }
+
+    fn write_protect(&mut self, vpns: Range<u64>) {
+        if self.wp.is_none() {
+            return self.protect(vpns, ALL_BUT_WRITE);
+        }
+        let (changed, _) = self.t.protect_range(vpns, ALL_BUT_WRITE);
+        let flushes = self.flushes;
+        let mut fallback: Vec<ProtRun> = Vec::new();
+        for (r, p) in changed {
+            if !self.protect_wp(&r) {
+                if self.flushes != flushes {
+                    return;
+                }
+                fallback.push((r, p));
+            }
+        }
+        self.protect_runs(fallback);
     }
 
     fn pages_of(&self, target: Target) -> Vec<u64> {

@@ -34,6 +34,7 @@ mod object;
 pub mod pager;
 mod phys;
 mod pmap;
+mod runset;
 mod space;
 
 pub use error::{Violation, ViolationKind, VmError};

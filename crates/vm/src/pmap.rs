@@ -17,7 +17,7 @@
 use crate::error::VmError;
 use crate::object::PageMap;
 use crate::phys::Frame;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
@@ -95,6 +95,14 @@ pub trait Pmap: Send + fmt::Debug {
     fn remove(&mut self, vpns: Range<u64>);
     /// Lowers the translations of pages in `vpns` to at most `prot`.
     fn protect(&mut self, vpns: Range<u64>, prot: Prot);
+    /// Takes write permission from the translations of pages in `vpns`,
+    /// leaving the rest, for copy on write: the mappings still allow
+    /// writes, so the next write to one of these pages must reach the vm
+    /// layer's fault path and nothing else. (On the real MMU it may arrive
+    /// as a userfaultfd write-protect fault rather than a protection fault.)
+    fn write_protect(&mut self, vpns: Range<u64>) {
+        self.protect(vpns, ALL_BUT_WRITE);
+    }
     /// The pages translated to `target` (Mach's pv list).
     fn pages_of(&self, target: Target) -> Vec<u64>;
     /// The translation of `vpn`, if the pmap has one.
@@ -115,62 +123,169 @@ pub trait Pmap: Send + fmt::Debug {
     }
 }
 
+/// The mask that takes write permission and nothing else.
+pub(crate) const ALL_BUT_WRITE: Prot =
+    Prot::from_bits_truncate(Prot::READ.bits() | Prot::EXEC.bits());
+
 /// A run of consecutive pages and the protection they now have.
 pub type ProtRun = (Range<u64>, Prot);
 
 /// The bookkeeping every pmap keeps: translations by page, the writable
 /// ones (so write-protecting a range costs what was written, not its size),
 /// and the pages that map each target (Mach's pv lists).
+///
+/// Translations sit in a two-level table, as in a hardware page table:
+/// leaves of 512 consecutive pages, each with a bitmap of its writable
+/// pages, found through a small ordered map of the leaves in use. A lookup
+/// is one search of that map (one entry per 2 MiB of translated space, so it
+/// stays in cache) and one index; a range walks its leaves in order.
 #[derive(Debug, Default)]
 pub struct Translations {
-    map: BTreeMap<u64, (Target, Prot)>,
-    writable: BTreeSet<u64>,
+    leaves: BTreeMap<u64, Box<Leaf>>,
+    len: usize,
     first: PageMap<Target, u64>,
     more: PageMap<Target, Vec<u64>>,
+}
+
+/// Pages per leaf of [`Translations`].
+const LEAF: usize = 512;
+
+/// One leaf of [`Translations`]: pages `key * LEAF ..`.
+#[derive(Debug)]
+struct Leaf {
+    /// `LEAF` slots, allocated on the heap directly: a leaf is made in the
+    /// fault handler, which runs on a small signal stack.
+    slots: Box<[Option<(Target, Prot)>]>,
+    /// Bit `i`: slot `i` is writable.
+    writable: [u64; LEAF / 64],
+    used: usize,
+}
+
+impl Leaf {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            slots: vec![None; LEAF].into_boxed_slice(),
+            writable: [0; LEAF / 64],
+            used: 0,
+        })
+    }
+
+    fn set_writable(&mut self, i: usize, on: bool) {
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        if on {
+            self.writable[w] |= bit;
+        } else {
+            self.writable[w] &= !bit;
+        }
+    }
+
+    /// The writable slots in `lo..hi`, in order.
+    fn writable_in(&self, lo: usize, hi: usize) -> impl Iterator<Item = usize> + '_ {
+        (lo / 64..hi.div_ceil(64)).flat_map(move |w| {
+            let mut bits = self.writable[w];
+            // Keep only the bits of `lo..hi` in this word.
+            let base = w * 64;
+            if lo > base {
+                bits &= !0u64 << (lo - base);
+            }
+            if hi < base + 64 {
+                bits &= (1u64 << (hi - base)) - 1;
+            }
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    base + i
+                })
+            })
+        })
+    }
+}
+
+/// The leaf holding page `vpn`, and its slot there.
+fn leaf_key(vpn: u64) -> (u64, usize) {
+    (vpn / LEAF as u64, (vpn % LEAF as u64) as usize)
 }
 
 impl Translations {
     /// Records `vpn -> (frame, prot)`, returning the translation it replaced.
     pub fn insert(&mut self, vpn: u64, frame: Target, prot: Prot) -> Option<(Target, Prot)> {
-        let old = self.map.insert(vpn, (frame, prot));
-        if let Some((f, _)) = old {
-            if f != frame {
+        let (key, i) = leaf_key(vpn);
+        let leaf = self.leaves.entry(key).or_insert_with(Leaf::new);
+        let old = leaf.slots[i].replace((frame, prot));
+        leaf.set_writable(i, prot.contains(Prot::WRITE));
+        if old.is_none() {
+            leaf.used += 1;
+            self.len += 1;
+        }
+        match old {
+            Some((f, _)) if f == frame => {}
+            Some((f, _)) => {
                 self.unlink(f, vpn);
                 self.link(frame, vpn);
             }
-        } else {
-            self.link(frame, vpn);
-        }
-        if prot.contains(Prot::WRITE) {
-            self.writable.insert(vpn);
-        } else {
-            self.writable.remove(&vpn);
+            None => self.link(frame, vpn),
         }
         old
     }
 
     /// The translation of `vpn`.
     pub fn get(&self, vpn: u64) -> Option<(Target, Prot)> {
-        self.map.get(&vpn).copied()
+        let (key, i) = leaf_key(vpn);
+        self.leaves.get(&key).and_then(|l| l.slots[i])
     }
 
     /// How many translations there are.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+
+    /// The leaves that hold pages of `vpns`, each with the slots inside
+    /// `vpns`: `(key, lo..hi)`.
+    fn spans(&self, vpns: &Range<u64>) -> Vec<(u64, Range<usize>)> {
+        if vpns.is_empty() {
+            return Vec::new();
+        }
+        let (first, lo) = leaf_key(vpns.start);
+        let (last, hi) = leaf_key(vpns.end - 1);
+        self.leaves
+            .range(first..=last)
+            .map(|(&k, _)| {
+                let from = if k == first { lo } else { 0 };
+                let to = if k == last { hi + 1 } else { LEAF };
+                (k, from..to)
+            })
+            .collect()
     }
 
     /// Removes the translations in `vpns`; returns the runs of consecutive
     /// pages removed.
     pub fn remove_range(&mut self, vpns: Range<u64>) -> Vec<Range<u64>> {
-        let gone: Vec<(u64, Target)> = self.map.range(vpns).map(|(&v, &(f, _))| (v, f)).collect();
+        let mut gone: Vec<(u64, Target)> = Vec::new();
+        for (key, slots) in self.spans(&vpns) {
+            let leaf = self
+                .leaves
+                .get_mut(&key)
+                .expect("spans lists leaves in use");
+            let before = gone.len();
+            for i in slots {
+                if let Some((f, _)) = leaf.slots[i].take() {
+                    leaf.set_writable(i, false);
+                    gone.push((key * LEAF as u64 + i as u64, f));
+                }
+            }
+            leaf.used -= gone.len() - before;
+            if leaf.used == 0 {
+                self.leaves.remove(&key);
+            }
+        }
+        self.len -= gone.len();
         for &(v, f) in &gone {
-            self.map.remove(&v);
-            self.writable.remove(&v);
             self.unlink(f, v);
         }
         runs(gone.into_iter().map(|(v, _)| v))
@@ -187,22 +302,35 @@ impl Translations {
         if !prot.contains(Prot::READ) {
             return (Vec::new(), self.remove_range(vpns));
         }
-        let candidates: Vec<u64> = if prot.contains(Prot::WRITE) {
-            self.map.range(vpns).map(|(&v, _)| v).collect()
-        } else {
-            self.writable.range(vpns).copied().collect()
-        };
+        // When `prot` takes write and nothing else, only writable pages
+        // change: the common case (copy on write) costs what was written.
+        let only_write = !prot.contains(Prot::WRITE) && prot.contains(ALL_BUT_WRITE);
         let mut changed: Vec<ProtRun> = Vec::new();
-        for v in candidates {
-            let (f, old) = self.map[&v];
-            let new = old & prot;
-            if new == old {
-                continue;
-            }
-            self.insert(v, f, new);
-            match changed.last_mut() {
-                Some((r, p)) if r.end == v && *p == new => r.end += 1,
-                _ => changed.push((v..v + 1, new)),
+        for (key, slots) in self.spans(&vpns) {
+            let leaf = self
+                .leaves
+                .get_mut(&key)
+                .expect("spans lists leaves in use");
+            let candidates: Vec<usize> = if only_write {
+                leaf.writable_in(slots.start, slots.end).collect()
+            } else {
+                slots.collect()
+            };
+            for i in candidates {
+                let Some((_, p)) = leaf.slots[i].as_mut() else {
+                    continue;
+                };
+                let new = *p & prot;
+                if new == *p {
+                    continue;
+                }
+                *p = new;
+                leaf.set_writable(i, new.contains(Prot::WRITE));
+                let v = key * LEAF as u64 + i as u64;
+                match changed.last_mut() {
+                    Some((r, p)) if r.end == v && *p == new => r.end += 1,
+                    _ => changed.push((v..v + 1, new)),
+                }
             }
         }
         (changed, Vec::new())
@@ -408,6 +536,10 @@ impl Pmap for Forgetful {
         self.inner.protect(vpns, prot);
         self.forget(None);
     }
+    fn write_protect(&mut self, vpns: Range<u64>) {
+        self.inner.write_protect(vpns);
+        self.forget(None);
+    }
     fn pages_of(&self, target: Target) -> Vec<u64> {
         self.inner.pages_of(target)
     }
@@ -452,13 +584,82 @@ mod tests {
             (vec![(1..2, Prot::READ), (5..6, Prot::READ)], vec![])
         );
         assert_eq!(t.get(1), Some((f(7), Prot::READ)));
-        assert!(t.writable.is_empty());
+        assert!(t.leaves.values().all(|l| l.writable == [0; LEAF / 64]));
         assert_eq!(t.remove_range(1..3), vec![1..3]);
         assert!(t.pages_of(f(7)).is_empty());
         t.insert(5, f(9), Prot::READ);
         assert!(t.pages_of(f(8)).is_empty());
         assert_eq!(t.pages_of(f(9)), vec![5]);
         assert_eq!(t.len(), 1);
+    }
+
+    proptest::proptest! {
+        // Under Miri every case is slow: a few still cover the leaf edges.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
+
+        /// The two-level table against a plain map, with ranges that cross
+        /// leaves.
+        #[test]
+        fn translations_match_a_plain_map(
+            ops in proptest::collection::vec((0u8..3, 0u64..3 * LEAF as u64, 0u64..2 * LEAF as u64, 0u32..8, 0u8..4), 0..60),
+        ) {
+            let prots = [Prot::READ, Prot::READ_WRITE, Prot::NONE, Prot::READ | Prot::EXEC];
+            let mut t = Translations::default();
+            let mut model: BTreeMap<u64, (Target, Prot)> = BTreeMap::new();
+            for (op, at, n, frame, p) in ops {
+                let (r, prot) = (at..at + n, prots[p as usize]);
+                match op {
+                    0 => {
+                        let tgt = Target::Frame(Frame(frame));
+                        let prot = if prot == Prot::NONE { Prot::READ } else { prot };
+                        proptest::prop_assert_eq!(t.insert(at, tgt, prot), model.insert(at, (tgt, prot)));
+                    }
+                    1 => {
+                        let gone: Vec<u64> = model.range(r.clone()).map(|(&v, _)| v).collect();
+                        for v in &gone {
+                            model.remove(v);
+                        }
+                        proptest::prop_assert_eq!(t.remove_range(r), runs(gone.into_iter()));
+                    }
+                    _ => {
+                        let (changed, removed) = t.protect_range(r.clone(), prot);
+                        if prot.contains(Prot::READ) {
+                            proptest::prop_assert!(removed.is_empty());
+                            let mut want = Vec::new();
+                            for (&v, e) in model.range_mut(r) {
+                                if e.1 & prot != e.1 {
+                                    e.1 = e.1 & prot;
+                                    want.push(v);
+                                }
+                            }
+                            let got: Vec<u64> = changed.iter().flat_map(|(r, _)| r.clone()).collect();
+                            proptest::prop_assert_eq!(got, want);
+                        } else {
+                            let gone: Vec<u64> = model.range(r.clone()).map(|(&v, _)| v).collect();
+                            for v in &gone {
+                                model.remove(v);
+                            }
+                            proptest::prop_assert_eq!(removed, runs(gone.into_iter()));
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                for v in at.saturating_sub(2)..at + n + 2 {
+                    proptest::prop_assert_eq!(t.get(v), model.get(&v).copied());
+                }
+            }
+            // The writable bitmaps and pv lists agree with the table.
+            for (&k, l) in &t.leaves {
+                proptest::prop_assert!(l.used > 0);
+                for i in 0..LEAF {
+                    let w = l.writable[i / 64] >> (i % 64) & 1 == 1;
+                    proptest::prop_assert_eq!(w, l.slots[i].is_some_and(|(_, p)| p.contains(Prot::WRITE)));
+                    if let Some((tgt, _)) = l.slots[i] {
+                        proptest::prop_assert!(t.pages_of(tgt).contains(&(k * LEAF as u64 + i as u64)));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

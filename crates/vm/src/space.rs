@@ -6,7 +6,7 @@ use crate::host::HostPmap;
 use crate::map::{Entry, Inheritance, Map};
 use crate::object::{ObjId, Object, ObjectKind, Objects, PageState};
 use crate::pager::{FilePager, Mappable, Pager, PagerError, Swap};
-use crate::phys::{Frame, Phys};
+use crate::phys::{Frame, Phys, SourceHint};
 use crate::pmap::{DirectSource, Pmap, SimPmap, Target};
 use std::fs::File;
 use std::ops::Range;
@@ -492,10 +492,8 @@ impl AddressSpace {
         };
         if let Some(base) = base {
             let m = me.machine.clone();
-            let reg = trap::register(base, len, move |f| {
-                host_fault(&m, id, base, f.addr, f.access)
-            })
-            .map_err(|e| VmError::Host(e.to_string()))?;
+            let reg = trap::register(base, len, move |f| host_fault(&m, id, base, f))
+                .map_err(|e| VmError::Host(e.to_string()))?;
             me.registration = Some(reg);
         }
         Ok(me)
@@ -1035,10 +1033,24 @@ impl Drop for AddressSpace {
 /// pool's own mapping), so the lock is never held by the interrupted code
 /// for a fault the vm layer raised itself. The program must likewise not
 /// fault on a space while inside one of its pagers.
-fn host_fault(m: &Arc<Machine>, id: usize, base: usize, addr: usize, access: Access) -> Outcome {
+///
+/// A `SIGBUS` is the vm layer's only on a frame: there it is a userfaultfd
+/// write-protect fault ([`HostPmap`]'s copy-on-write downgrade). On a page
+/// mapped straight from a file it means the file was truncated under the
+/// mapping, which the process sees as it would without vmprim.
+fn host_fault(m: &Arc<Machine>, id: usize, base: usize, f: &trap::Fault) -> Outcome {
+    let (addr, access) = (f.addr, f.access);
     let mut st = m.lock();
     let p = st.page;
     let vpn = ((addr - base) / p) as u64;
+    if f.signal == trap::Signal::Bus
+        && matches!(
+            st.space(id).pmap.extract(vpn),
+            Some((Target::Direct { .. }, _))
+        )
+    {
+        return Outcome::NotOurs;
+    }
     let access = match access {
         Access::Unknown => {
             // No error code: a readable translation means the store failed.
@@ -1145,7 +1157,7 @@ impl State {
     fn write_protect_frame(&mut self, f: Frame) {
         for sp in self.spaces.iter_mut().flatten() {
             for v in sp.pmap.pages_of(Target::Frame(f)) {
-                sp.pmap.protect(v..v + 1, Prot::READ);
+                sp.pmap.write_protect(v..v + 1);
             }
         }
     }
@@ -1206,7 +1218,7 @@ impl State {
                 })
                 .collect();
             for r in ranges {
-                sp.pmap.protect(r, Prot::READ);
+                sp.pmap.write_protect(r);
             }
         }
         s
@@ -1754,7 +1766,8 @@ impl State {
                 }
                 continue;
             };
-            self.phys.copy_run(g, dst, m as u32);
+            let hint = self.seen_at(sid, run[0].3, g, m as u64);
+            self.phys.copy_run(g, dst, m as u32, hint);
             for (k, &(c, j, g, v)) in run.iter().enumerate() {
                 self.adopt_copy(c, j, Frame(dst.0 + k as u32), g, (sid, v));
                 self.n.pushes += 1;
@@ -1774,9 +1787,29 @@ impl State {
     /// page, which is entered again at once).
     fn copy_page(&mut self, o: ObjId, i: u64, f: Frame, keep: (usize, u64)) -> Frame {
         let g = self.alloc((o, i));
-        self.phys.copy(f, g);
+        let hint = self.seen_at(keep.0, keep.1, f, 1);
+        self.phys.copy_run(f, g, 1, hint);
         self.adopt_copy(o, i, g, f, keep);
         g
+    }
+
+    /// Where frames `f..f + n` are mapped read-only at pages `vpn..vpn + n`
+    /// of space `sid` on the real MMU, for a copy to read them there.
+    fn seen_at(&self, sid: usize, vpn: u64, f: Frame, n: u64) -> Option<SourceHint> {
+        let pmap = &self.space(sid).pmap;
+        let base = pmap.host_base()?;
+        let mapped = (0..n).all(|k| {
+            matches!(
+                pmap.extract(vpn + k),
+                Some((Target::Frame(g), p))
+                    if g.0 == f.0 + k as u32 && p.contains(Prot::READ) && !p.contains(Prot::WRITE)
+            )
+        });
+        // SAFETY: the pages were just found mapped to these frames,
+        // readable and not writable; `&self` is the state under the family's
+        // lock, which every change of a translation takes, so they stay so
+        // for the copy that follows under the same lock.
+        mapped.then(|| unsafe { SourceHint::new((base + vpn as usize * self.page) as *const u8) })
     }
 
     /// Makes `g`, just filled with a copy of `f`, object `o`'s dirty page

@@ -396,6 +396,11 @@ proptest! {
     }
 
     #[test]
+    fn host_mprotect_anonymous(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
+        run(Kind::HostMprotect, Source::Anonymous, &ops, seed)?;
+    }
+
+    #[test]
     fn host_forgetful_file(ops in prop::collection::vec(op(), 1..120), seed in any::<u64>()) {
         run(Kind::ForgetfulHost, Source::File, &ops, seed)?;
     }

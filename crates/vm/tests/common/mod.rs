@@ -22,20 +22,24 @@ pub enum Kind {
     Host,
     /// The real MMU, forgetting at random.
     ForgetfulHost,
+    /// The real MMU with every downgrade an `mprotect` (the fallback on a
+    /// kernel without userfaultfd write protection for shared memory).
+    HostMprotect,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Sim,
         Kind::ForgetfulSim,
         Kind::Host,
         Kind::ForgetfulHost,
+        Kind::HostMprotect,
     ];
 
     /// Whether plain loads and stores work on the space.
     pub fn is_host(self) -> bool {
-        matches!(self, Kind::Host | Kind::ForgetfulHost)
+        matches!(self, Kind::Host | Kind::ForgetfulHost | Kind::HostMprotect)
     }
 
     /// A space of `len` bytes of this kind.
@@ -50,6 +54,12 @@ impl Kind {
                         pages,
                         seed,
                     )))
+                })
+            }
+            Kind::HostMprotect => {
+                AddressSpace::with_pmap(len, config, FrameStore::Host, |pages, frames| {
+                    let frames: &Arc<_> = frames.ok_or(VmError::Config("no frames"))?;
+                    Ok(Box::new(HostPmap::with_mprotect(pages, frames.clone())?))
                 })
             }
             Kind::ForgetfulHost => {

@@ -44,10 +44,26 @@ usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
   --quick        3 rounds of smaller sizes (256 MiB snapshots; CI)
   mechanisms     which mechanisms this kernel and process allow, and why not";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
+    if args.iter().any(|a| matches!(*a, "help" | "--help" | "-h")) {
+        println!("{USAGE}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line, without a backtrace: these are
+            // answers for a user (a bad option, a missing peer), not bugs.
+            eprintln!("vmprim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    match args {
         ["bench", "prim", rest @ ..] => bench::prim::run(&bench::prim::Options::parse(rest)?),
         ["bench", "gc", rest @ ..] => bench::gc::run(&bench::gc::Options::parse(rest)?),
         ["bench", "gc-one", rest @ ..] => bench::gc::run_one(rest),
@@ -56,10 +72,6 @@ fn main() -> Result<()> {
             println!("{}", vmprim_prim::mechanisms());
             Ok(())
         }
-        ["help" | "--help" | "-h"] => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        _ => bail!("{USAGE}"),
+        _ => bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),
     }
 }

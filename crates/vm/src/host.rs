@@ -31,7 +31,7 @@ use crate::phys::Frame;
 use crate::pmap::{DirectSource, Pmap, ProtRun, Target, Translations, ALL_BUT_WRITE};
 use crate::runset::RunSet;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use vmprim_prim::map2::SharedMemory;
 use vmprim_prim::uffd::{Delivery, Features, Mode, Uffd, Wake};
 use vmprim_prim::{page_size, Prot, Region};
@@ -75,6 +75,9 @@ impl WriteProtect {
     /// lacks either feature or refuses userfaultfd.
     fn open() -> Option<Self> {
         let uffd = Uffd::new(Delivery::Sigbus, Features::WP | Features::WP_SHMEM).ok()?;
+        if !*SPANS_MAPPINGS.get_or_init(|| spans_mappings(&uffd)) {
+            return None;
+        }
         Some(Self {
             uffd,
             registered: RunSet::default(),
@@ -89,11 +92,34 @@ impl WriteProtect {
     }
 }
 
+/// Whether one `UFFDIO_WRITEPROTECT` may cover several kernel mappings
+/// (Linux 6.4+; before, a range had to lie in one, and the pmap's runs
+/// rarely do), probed once.
+static SPANS_MAPPINGS: OnceLock<bool> = OnceLock::new();
+
+/// Maps two pages of a memfd in reverse order (two mappings that cannot
+/// merge), registers both and write-protects across them.
+fn spans_mappings(uffd: &Uffd) -> bool {
+    let p = page_size();
+    let probe = || -> Option<()> {
+        let shm = SharedMemory::new(2 * p).ok()?;
+        let region = Region::reserve(2 * p).ok()?;
+        shm.map_into(&region, 0, p, p, Prot::READ_WRITE).ok()?;
+        shm.map_into(&region, p, 0, p, Prot::READ_WRITE).ok()?;
+        let start = region.as_ptr() as usize;
+        uffd.cover(start, 2 * p, Mode::WP).ok()?;
+        uffd.write_protect(start, 2 * p).ok()
+        // Dropping the region unmaps both, and their registration with them.
+    };
+    probe().is_some()
+}
+
 impl HostPmap {
     /// Reserves `pages` pages of address space for translations to pages of
     /// `frames`. Copy-on-write downgrades use userfaultfd write protection
-    /// when the kernel offers it for shared memory (Linux 5.19+, and
-    /// userfaultfd allowed to this process), `mprotect` otherwise.
+    /// when the kernel offers it for shared memory across several mappings
+    /// at once (Linux 6.4+, and userfaultfd allowed to this process),
+    /// `mprotect` otherwise.
     pub fn new(pages: u64, frames: Arc<SharedMemory>) -> Result<Self, VmError> {
         let mut me = Self::with_mprotect(pages, frames)?;
         me.wp = WriteProtect::open();
@@ -289,9 +315,6 @@ impl Pmap for HostPmap {
                 return self.enter(vpn, frame, prot);
             }
         } else {
-            if let Some(wp) = &mut self.wp {
-                wp.forget(vpn..vpn + 1);
-            }
             if !self.merges(vpn, target, 1, prot) {
                 self.unmerged += 1;
             }
@@ -302,6 +325,9 @@ impl Pmap for HostPmap {
                 }
                 self.must_flush("enter a translation");
                 return self.enter(vpn, frame, prot);
+            }
+            if let Some(wp) = &mut self.wp {
+                wp.forget(vpn..vpn + 1);
             }
         }
         self.t.insert(vpn, target, prot);
@@ -358,9 +384,6 @@ impl Pmap for HostPmap {
                 return self.enter_run(vpn, first, n, prot);
             }
         }
-        if let Some(wp) = &mut self.wp {
-            wp.forget(vpn..vpn + n);
-        }
         if !self.merges(vpn, Target::Frame(first), n, prot) {
             self.unmerged += 1;
         }
@@ -372,7 +395,13 @@ impl Pmap for HostPmap {
             .map_into_with(&self.region, off, at, len, prot, true)
             .is_err()
         {
+            // The old mappings may still be there, write-protect bits and
+            // all: the pages go one by one, through what the pmap knows.
             return (0..n).try_for_each(|k| self.enter(vpn + k, Frame(first.0 + k as u32), prot));
+        }
+        // New mappings: neither registered nor write-protected.
+        if let Some(wp) = &mut self.wp {
+            wp.forget(vpn..vpn + n);
         }
         for k in 0..n {
             self.t
@@ -406,14 +435,14 @@ impl Pmap for HostPmap {
         if !self.merges(vpn, target(0), n, prot) {
             self.unmerged += 1;
         }
-        if let Some(wp) = &mut self.wp {
-            wp.forget(vpn..vpn + n);
-        }
         let at = first * self.page as u64;
         if let Err(e) = self.region.map_file(off, len, src.fd, at, prot) {
             // Whatever was there may be gone: forget it, as a pmap may.
             self.remove(vpn..vpn + n);
             return Err(VmError::Host(e.to_string()));
+        }
+        if let Some(wp) = &mut self.wp {
+            wp.forget(vpn..vpn + n);
         }
         for k in 0..n {
             self.t.insert(vpn + k, target(k), prot);
@@ -441,12 +470,25 @@ impl Pmap for HostPmap {
         if parts.is_empty() {
             return self.protect_runs(changed);
         }
+        let wp = self.wp.as_ref().expect("parts come from it");
+        if prot.contains(Prot::WRITE) {
+            // The mapping may still be written: write-protected pages keep
+            // their bit, and their kernel mappings keep write on top of the
+            // new protection.
+            let mut runs: Vec<ProtRun> = Vec::new();
+            for (r, p) in changed {
+                runs.extend(wp.protected.gaps(r.clone()).into_iter().map(|g| (g, p)));
+                let kept = wp.protected.within(r).into_iter();
+                runs.extend(kept.map(|w| (w, p | Prot::WRITE)));
+            }
+            runs.sort_by_key(|(r, _)| r.start);
+            return self.protect_runs(runs);
+        }
         // The mapping's own protection changes: a write the translation
         // refuses must now be a protection fault, as it would be without
         // vmprim, not a write-protect fault. So pages write-protected for
         // copy on write get their translation's protection on the kernel
         // mapping, then lose the write-protect bit.
-        let wp = self.wp.as_ref().expect("parts come from it");
         let mut runs: Vec<ProtRun> = Vec::new();
         for (r, p) in changed {
             runs.extend(wp.protected.gaps(r).into_iter().map(|g| (g, p)));

@@ -47,10 +47,10 @@ pub(crate) struct SourceHint(*const u8);
 impl SourceHint {
     /// # Safety
     /// The frames to copy must be mapped, readable, at `at` (a space's
-    /// translations to them), and no translation may let any thread write
-    /// them, or be removed, until the copy is done: true while the vm layer
-    /// holds its lock, under which translations change and the pages are
-    /// read-only to the program.
+    /// translations to them), and stay so until the copy is done: true while
+    /// the vm layer holds its lock, under which translations change. No
+    /// thread may write the frames meanwhile: the vm layer's rule for any
+    /// frame it copies (no writable translation of it anywhere).
     pub unsafe fn new(at: *const u8) -> Self {
         Self(at)
     }

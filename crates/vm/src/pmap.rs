@@ -648,7 +648,16 @@ mod tests {
                     proptest::prop_assert_eq!(t.get(v), model.get(&v).copied());
                 }
             }
-            // The writable bitmaps and pv lists agree with the table.
+            // The whole table, the writable bitmaps and the pv lists agree
+            // with the map.
+            let all: Vec<(u64, (Target, Prot))> = t
+                .leaves
+                .iter()
+                .flat_map(|(&k, l)| {
+                    l.slots.iter().enumerate().filter_map(move |(i, s)| s.map(|e| (k * LEAF as u64 + i as u64, e)))
+                })
+                .collect();
+            proptest::prop_assert_eq!(all, model.into_iter().collect::<Vec<_>>());
             for (&k, l) in &t.leaves {
                 proptest::prop_assert!(l.used > 0);
                 for i in 0..LEAF {

@@ -73,6 +73,7 @@ impl RunSet {
     pub(crate) fn within(&self, r: Range<u64>) -> Vec<Range<u64>> {
         self.overlapping(r.clone())
             .map(|(s, e)| s.max(r.start)..e.min(r.end))
+            .filter(|part| !part.is_empty())
             .collect()
     }
 
@@ -162,6 +163,8 @@ mod tests {
                 prop_assert!(v.windows(2).all(|w| w[0].1 < w[1].0));
             }
             let r = probe.0..probe.0 + probe.1;
+            prop_assert!(s.within(r.clone()).iter().all(|p| !p.is_empty()));
+            prop_assert!(s.gaps(r.clone()).iter().all(|p| !p.is_empty()));
             let inside: BTreeSet<u64> = s.within(r.clone()).into_iter().flatten().collect();
             let outside: BTreeSet<u64> = s.gaps(r.clone()).into_iter().flatten().collect();
             prop_assert_eq!(&inside, &r.clone().filter(|v| model.contains(v)).collect());

@@ -1034,16 +1034,21 @@ impl Drop for AddressSpace {
 /// for a fault the vm layer raised itself. The program must likewise not
 /// fault on a space while inside one of its pagers.
 ///
-/// A `SIGBUS` is the vm layer's only on a frame: there it is a userfaultfd
-/// write-protect fault ([`HostPmap`]'s copy-on-write downgrade). On a page
-/// mapped straight from a file it means the file was truncated under the
-/// mapping, which the process sees as it would without vmprim.
+/// A `SIGBUS` is the vm layer's only when it is a userfaultfd write-protect
+/// fault ([`HostPmap`]'s copy-on-write downgrade): an address error from a
+/// write. A hardware memory error, or a load from a page mapped straight
+/// from a file that was truncated under the mapping, reaches the process as
+/// it would without vmprim.
 fn host_fault(m: &Arc<Machine>, id: usize, base: usize, f: &trap::Fault) -> Outcome {
     let (addr, access) = (f.addr, f.access);
+    if f.signal == trap::Signal::Bus && f.cause != trap::Cause::BusAddress {
+        return Outcome::NotOurs;
+    }
     let mut st = m.lock();
     let p = st.page;
     let vpn = ((addr - base) / p) as u64;
     if f.signal == trap::Signal::Bus
+        && access != Access::Write
         && matches!(
             st.space(id).pmap.extract(vpn),
             Some((Target::Direct { .. }, _))
@@ -1806,9 +1811,12 @@ impl State {
             )
         });
         // SAFETY: the pages were just found mapped to these frames,
-        // readable and not writable; `&self` is the state under the family's
-        // lock, which every change of a translation takes, so they stay so
-        // for the copy that follows under the same lock.
+        // readable; `&self` is the state under the family's lock, which
+        // every change of a translation takes, so they stay so for the copy
+        // that follows under the same lock. That no thread writes the frames
+        // meanwhile is the vm layer's rule for any frame it copies (none has
+        // a writable translation anywhere), which the direct map's path
+        // relies on as well; this translation is checked read-only too.
         mapped.then(|| unsafe { SourceHint::new((base + vpn as usize * self.page) as *const u8) })
     }
 

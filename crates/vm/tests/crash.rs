@@ -32,6 +32,17 @@ fn child(case: &str) {
             assert_eq!(load(&space, rw), 1);
             store(&space, rw, 2);
         }
+        "reprotected_after_snapshot" => {
+            // The same, then write permission given back: the store goes
+            // through (no write-protect bit was left behind).
+            let rw = space.map(Mapping::anonymous(P)).unwrap();
+            store(&space, rw, 1);
+            let snap = space.snapshot(rw, P).unwrap();
+            space.protect(rw, P, Prot::READ).unwrap();
+            space.protect(rw, P, Prot::READ_WRITE).unwrap();
+            store(&space, rw, 2);
+            assert_eq!((load(&space, rw), load(&space, snap)), (2, 1));
+        }
         "truncated_file" => {
             // A page mapped straight from a file that shrank under it: the
             // kernel's SIGBUS, as for any file mapping.
@@ -84,6 +95,12 @@ fn unresolvable_faults_die_by_sigsegv() {
         let status = run(case);
         assert_eq!(status.signal(), Some(11), "{case}: {status:?}");
     }
+}
+
+#[test]
+fn write_permission_given_back_after_a_snapshot_works() {
+    let status = run("reprotected_after_snapshot");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

@@ -7,8 +7,9 @@ mod common;
 
 use common::{load, store, Kind, P};
 use std::ops::Range;
+use vmprim_prim::map2::SharedMemory;
 use vmprim_prim::uffd::{Features, Uffd};
-use vmprim_vm::{AddressSpace, Config, Mapping};
+use vmprim_vm::{AddressSpace, Config, HostPmap, Mapping};
 
 /// The kernel mappings (lines of /proc/self/maps) that overlap `range`.
 fn kernel_mappings(range: Range<usize>) -> usize {
@@ -24,10 +25,17 @@ fn kernel_mappings(range: Range<usize>) -> usize {
         .count()
 }
 
-/// Whether this machine has userfaultfd write protection on shared memory.
+/// Whether a `HostPmap` here write-protects with userfaultfd (the kernel
+/// has write protection on shared memory, across several mappings at once).
 /// On CI it must: that machine kind has it, so its absence is a failure.
 fn have_uffd_wp() -> bool {
-    let have = Uffd::available().is_ok_and(|f| f.contains(Features::WP | Features::WP_SHMEM));
+    let frames = SharedMemory::new(P).unwrap();
+    let have = HostPmap::new(1, frames).unwrap().uffd_write_protect();
+    let features = Uffd::available().is_ok_and(|f| f.contains(Features::WP | Features::WP_SHMEM));
+    assert!(
+        have || !features || !on_6_4_or_later(),
+        "the kernel has it, the pmap does not use it"
+    );
     let ci = std::env::var("CI").as_deref() == Ok("true");
     assert!(
         have || !ci,
@@ -72,6 +80,16 @@ fn writes_between_snapshots(space: &AddressSpace) -> [usize; 3] {
         assert_eq!(load(space, at + i * P), new, "original, page {i}");
     }
     [before, written, after]
+}
+
+/// Whether the running kernel is Linux 6.4 or later.
+fn on_6_4_or_later() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 4)
 }
 
 #[test]

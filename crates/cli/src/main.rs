@@ -30,7 +30,8 @@ usage: vmprim bench prim [--json] [--reference FILE.c | --no-reference]
                  and incremental; compiled from crates/cli/peer/gc_boehm.c
                  against libgc-dev) on GCBench and a mutation workload
   --json         an object keyed by workload, then collector (total_ms,
-                 gc_ms, max_pause_us, p99_pause_us, traps, to_space_pages)
+                 gc_ms, max_pause_us, p99_pause_us, traps, to_space_pages,
+                 protect_calls, collections)
   --plot DIR     also write the pause distributions as SVG files into DIR
   --rounds N     rounds over all collectors (default 5; medians reported)
   --quick        smaller parameters (seconds instead of a minute)

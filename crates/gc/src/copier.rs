@@ -80,6 +80,8 @@ pub(crate) struct Guard {
     pub(crate) prot_hi: usize,
     /// How far to protect ahead, in bytes.
     pub(crate) step: usize,
+    /// `mprotect` calls made, for the collector's statistics.
+    pub(crate) calls: u64,
 }
 
 impl Guard {
@@ -95,6 +97,7 @@ impl Guard {
                 // be kept, and continuing would show unscanned objects.
                 std::process::abort();
             }
+            self.calls += 1;
             self.prot_hi = hi;
         }
     }

@@ -40,6 +40,9 @@ pub struct Stats {
     pub to_space_pages: u64,
     /// Bytes copied by collections.
     pub copied_bytes: u64,
+    /// `mprotect` calls the VM read barrier made on the heap (PROTN and
+    /// UNPROT): with the pages they changed, what the barrier costs.
+    pub protect_calls: u64,
 }
 
 impl Stats {
@@ -77,6 +80,7 @@ pub(crate) struct Log {
     pub(crate) traps: AtomicU64,
     pub(crate) to_space_pages: AtomicU64,
     pub(crate) copied_bytes: AtomicU64,
+    pub(crate) protect_calls: AtomicU64,
 }
 
 impl Log {
@@ -90,6 +94,7 @@ impl Log {
             traps: AtomicU64::new(0),
             to_space_pages: AtomicU64::new(0),
             copied_bytes: AtomicU64::new(0),
+            protect_calls: AtomicU64::new(0),
         }
     }
 
@@ -126,6 +131,7 @@ impl Log {
             traps: self.traps.load(Relaxed),
             to_space_pages: self.to_space_pages.load(Relaxed),
             copied_bytes: self.copied_bytes.load(Relaxed),
+            protect_calls: self.protect_calls.load(Relaxed),
         }
     }
 }

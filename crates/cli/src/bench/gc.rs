@@ -32,13 +32,14 @@ const COLLECTORS: [&str; 8] = [
     "boehm_incremental",
 ];
 const WORKLOADS: [&str; 2] = ["gcbench", "mutate"];
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "total_ms",
     "gc_ms",
     "max_pause_us",
     "p99_pause_us",
     "traps",
     "to_space_pages",
+    "protect_calls",
     "collections",
 ];
 
@@ -169,6 +170,7 @@ fn one<C: Collector>(w: &str, quick: bool) -> Result<Value> {
         "p99_pause_us": s.p99_pause_ns() as f64 / 1e3,
         "traps": s.traps,
         "to_space_pages": s.to_space_pages,
+        "protect_calls": s.protect_calls,
         "collections": s.collections,
         "check": check.to_string(),
         "pauses_us": s.pauses_ns.iter().map(|&p| p as f64 / 1e3).collect::<Vec<_>>(),
@@ -236,6 +238,7 @@ fn run_peer(peer: &Peer, w: &str, c: &str, quick: bool) -> Result<Run> {
     figures.insert("p99_pause_us".into(), json!(r.p99_pause_us()));
     figures.insert("traps".into(), json!(0));
     figures.insert("to_space_pages".into(), json!(0));
+    figures.insert("protect_calls".into(), json!(0));
     figures.insert("collections".into(), json!(r.collections));
     Ok(Run {
         figures,
